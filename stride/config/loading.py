@@ -1,0 +1,141 @@
+"""Turn recipe names, YAML files and `--set key=value` overrides into a validated config.
+
+Validation happens here, once, at the edge: every error names the source (file or
+override) and the dotted key, and lists the allowed values where there is a finite set.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import pydantic
+import yaml
+
+from stride.architectures import get as get_architecture
+from stride.architectures import validate_params
+from stride.config.schema import StrideConfig
+from stride.errors import StrideError
+
+RECIPE_PACKAGE = "stride.config.recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(RECIPE_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise StrideError(f"{source}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise StrideError(f"{source}: expected a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def load_raw(recipe_or_path: str) -> tuple[dict[str, Any], str]:
+    """Read a built-in recipe by name or a YAML file by path; return (mapping, source label)."""
+    path = Path(recipe_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise StrideError(f"config file {path} does not exist")
+        return _read_yaml(path.read_text(), str(path)), str(path)
+    if recipe_or_path not in recipe_names():
+        raise StrideError(f"unknown recipe {recipe_or_path!r}; built-in recipes: {', '.join(recipe_names())} "
+                          "(or give a path to a .yaml file)")
+    text = resources.files(RECIPE_PACKAGE).joinpath(f"{recipe_or_path}.yaml").read_text()
+    return _read_yaml(text, f"recipe {recipe_or_path}"), f"recipe {recipe_or_path}"
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise StrideError(f"override {item!r}: expected KEY=VALUE, e.g. optim.lr=0.01")
+    key, value = item.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def set_dotted(mapping: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = mapping
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise StrideError(f"override {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def validate(raw: dict[str, Any], source: str) -> StrideConfig:
+    try:
+        config = StrideConfig.model_validate(raw)
+    except pydantic.ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                section = _section_fields(e["loc"][:-1])
+                problems.append(f"{key}: unknown key (allowed: {', '.join(section)})")
+            elif e["type"] == "missing":
+                problems.append(f"{key}: required but missing")
+            else:
+                problems.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+        raise StrideError(f"{source}: invalid config: " + "; ".join(problems)) from None
+    try:
+        arch = get_architecture(config.model.architecture)
+        if arch.task != config.task:
+            raise StrideError(f"architecture {arch.name!r} is for task {arch.task!r}, but task is {config.task!r}")
+        validate_params(config.model.architecture, config.model.params)
+    except StrideError as err:
+        raise StrideError(f"{source}: invalid config: {err}") from None
+    return config
+
+
+def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = StrideConfig
+    for part in loc:
+        model = model.model_fields[part].annotation
+    return list(model.model_fields)
+
+
+def load_config(recipe_or_path: str, overrides: Iterable[str] = ()) -> StrideConfig:
+    raw, source = load_raw(recipe_or_path)
+    raw = copy.deepcopy(raw)
+    overrides = list(overrides)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    return validate(raw, source)
+
+
+def config_to_dict(config: StrideConfig) -> dict[str, Any]:
+    """Plain, YAML-safe mapping of a config (model hyper-parameters filled with their defaults)."""
+    data = config.model_dump(mode="json")
+    data["model"] = {"architecture": config.model.architecture,
+                     **validate_params(config.model.architecture, config.model.params)}
+    return data
+
+
+def config_to_yaml(config: StrideConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

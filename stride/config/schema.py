@@ -1,0 +1,109 @@
+"""The one typed config schema shared by train, tune, promote and bench.
+
+Sections: data, model, optim, schedule, trainer, tracking. Every section forbids
+unknown keys; `model` carries `architecture` plus that architecture's own
+hyper-parameters, checked against the registry (see `stride.architectures`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+TASKS = ("classification",)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(Section):
+    random_shift_px: NonNegativeInt = 0  # random translation by up to this many pixels (zero-filled)
+    horizontal_flip: bool = False
+
+
+class DataConfig(Section):
+    path: str = Field(description="dataset folder holding manifest.json and the shards")
+    batch_size: PositiveInt = 100
+    eval_batch_size: PositiveInt | None = None
+    num_workers: NonNegativeInt = 0
+    shuffle_buffer: NonNegativeInt = 1000
+    normalize: Literal["dataset", "none"] = "dataset"  # dataset: mean/std recorded in the manifest
+    augment: AugmentConfig = AugmentConfig()
+    pin_memory: bool = True
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the architecture's hyper-parameters; checked by the registry
+    architecture: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.01
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(Section):
+    name: Literal["constant", "step", "cosine"] = "constant"
+    # step: multiply the lr by `gamma` at each fraction of the total steps (the seed: /10 at 70% and 90%)
+    milestones: list[float] = [0.7, 0.9]
+    gamma: PositiveFloat = 0.1
+    # warm-up: "linear" ramps over warmup_steps; "step" divides the lr by warmup_factor
+    # once per warm-up milestone not yet reached (the TCN seed: x10 after 100 and 1000 steps)
+    warmup: Literal["none", "linear", "step"] = "none"
+    warmup_steps: NonNegativeInt = 0
+    warmup_milestones: list[NonNegativeInt] = []
+    warmup_factor: PositiveFloat = 10.0
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScheduleConfig":
+        if any(not 0 < m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing fractions of training in (0, 1), got {self.milestones}")
+        if self.warmup_milestones != sorted(self.warmup_milestones):
+            raise ValueError(f"warmup_milestones must be increasing step numbers, got {self.warmup_milestones}")
+        return self
+
+
+class TrainerConfig(Section):
+    max_epochs: PositiveInt | None = 10
+    max_steps: int = Field(-1, ge=-1)  # -1: bounded by max_epochs
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: PositiveInt | Literal["auto"] = 1
+    strategy: str = "auto"
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
+    seed: int = 0
+    deterministic: bool = False
+    log_every_n_steps: PositiveInt = 50
+    gradient_clip_val: PositiveFloat | None = None
+    monitor: str = "val_acc"
+    monitor_mode: Literal["min", "max"] = "max"
+    checkpoint_dir: str = "checkpoints"
+    enable_progress_bar: bool = True
+
+
+class TrackingConfig(Section):
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else the local store in the working directory
+    experiment: str = "stride"
+    run_name: str | None = None
+    log_model: bool = True
+    tags: dict[str, str] = {}
+
+
+class StrideConfig(Section):
+    name: str = "unnamed"
+    task: Literal[TASKS] = "classification"  # type: ignore[valid-type]
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    tracking: TrackingConfig = TrackingConfig()

@@ -1,0 +1,1 @@
+"""Bytes and samples: shard formats, converters and Lightning datamodules."""

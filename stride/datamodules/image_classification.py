@@ -1,0 +1,151 @@
+"""Lightning datamodule for image classification over any stride manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from stride.datamodules.augment import random_horizontal_flip, random_shift
+from stride.datamodules.manifest import manifest_sha256, read_manifest, verify_shards
+from stride.datamodules.streaming import ShardStream, stack_batch
+from stride.errors import StrideError
+
+IMAGE_ENCODINGS = ("png", "jpg", "jpeg", "npy")
+
+
+def image_field(schema: dict[str, dict[str, Any]], where: str) -> str:
+    for ext in IMAGE_ENCODINGS:
+        if schema.get(ext, {}).get("role") == "image":
+            return ext
+    raise StrideError(f"{where}: sample_schema has no image member (expected one of {', '.join(IMAGE_ENCODINGS)} "
+                      "with role 'image')")
+
+
+class ShardedDataModule(pl.LightningDataModule):
+    """What every stride datamodule shares: a manifest, DDP-aware shard streams, safe decoding.
+
+    Subclasses say which members a sample has (`fields`), how a list of decoded samples
+    becomes a batch (`to_batch`) and what to do to a batch on the device.
+    """
+
+    task = ""
+
+    def __init__(self, path: str | Path, *, batch_size: int, eval_batch_size: int | None = None,
+                 num_workers: int = 0, shuffle_buffer: int = 1000, pin_memory: bool = True, seed: int = 0,
+                 verify_checksums: bool = True):
+        super().__init__()
+        self.root = Path(path)
+        self.manifest = read_manifest(self.root)
+        if self.manifest.task != self.task:
+            raise StrideError(f"{self.root}: dataset task is {self.manifest.task!r}, expected {self.task!r}")
+        for split in ("train", "val", "test"):
+            self.manifest.split(split)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.verify_checksums = verify_checksums
+        self._verified = False
+        self._streams: dict[str, ShardStream] = {}
+
+    fields: tuple[str, ...] = ()
+
+    def to_batch(self, samples: list[tuple[Any, ...]]) -> Any:
+        return stack_batch(samples)
+
+    @property
+    def dataset_sha256(self) -> str:
+        return manifest_sha256(self.root)
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self._verified:
+            verify_shards(self.root, self.manifest, checksums=self.verify_checksums)
+            self._verified = True
+        self._streams.clear()
+
+    def stream(self, split: str) -> ShardStream:
+        if split not in self._streams:
+            rank, world = self._rank_and_world()
+            training = split == "train"
+            self._streams[split] = ShardStream(
+                self.root, self.manifest.split(split).shards, self.fields, self.to_batch,
+                batch_size=self.batch_size if training else self.eval_batch_size, training=training,
+                rank=rank, world_size=world, num_workers=self.num_workers, seed=self.seed,
+                shuffle_buffer=self.shuffle_buffer)
+        return self._streams[split]
+
+    def loader(self, split: str) -> DataLoader:
+        return DataLoader(self.stream(split), batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory and torch.cuda.is_available(),
+                          prefetch_factor=4 if self.num_workers > 0 else None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+
+class ImageClassificationData(ShardedDataModule):
+    """Batches of (images float32 in [0, 1] as N x C x H x W, labels int64); augmentation on the device."""
+
+    task = "classification"
+
+    def __init__(self, path: str | Path, *, random_shift_px: int = 0, horizontal_flip: bool = False,
+                 normalize: str = "dataset", **kwargs: Any):
+        super().__init__(path, **kwargs)
+        self.image_ext = image_field(self.manifest.sample_schema, str(self.root / "manifest.json"))
+        self.fields = (self.image_ext, "cls")
+        self.random_shift_px = random_shift_px
+        self.horizontal_flip = horizontal_flip
+        self.normalize = normalize
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest.sample_schema[self.image_ext]["shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest.class_names)
+
+    @property
+    def normalization(self) -> tuple[list[float], list[float]] | None:
+        """Per-channel (mean, std) to fold into the model, or None."""
+        if self.normalize == "none":
+            return None
+        stats = self.manifest.stats
+        if "mean" not in stats or "std" not in stats:
+            raise StrideError(f"{self.root}/manifest.json has no stats.mean/std; set data.normalize: none")
+        return stats["mean"], stats["std"]
+
+    def to_batch(self, samples: list[tuple[Any, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = stack_batch(samples)
+        return images, labels.long()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        images = images.float().div_(255)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:
+            images = random_shift(images, self.random_shift_px)
+            if self.horizontal_flip:
+                images = random_horizontal_flip(images)
+        return images, labels

@@ -1,0 +1,112 @@
+"""MNIST-format datasets (MNIST, Fashion-MNIST, KMNIST) from their official IDX files.
+
+The files are read exactly as distributed (`train-images-idx3-ubyte`, `train-labels-idx1-
+ubyte`, `t10k-*`, gzipped or not) from the source folder, its `raw/` subfolder, or the
+`<Name>/raw/` layout that torchvision's readers download into (`download=True` uses them
+when online). Every defect is reported with the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from stride.datamodules.image_shards import deterministic_split, write_image_classification
+from stride.datamodules.manifest import Manifest
+from stride.errors import StrideError
+
+IDX_UBYTE = 0x08
+IMAGES_MAGIC = 0x00000803  # ubyte, 3 dimensions
+LABELS_MAGIC = 0x00000801  # ubyte, 1 dimension
+
+DATASETS = {
+    "mnist": ("MNIST", [str(d) for d in range(10)]),
+    "fashion-mnist": ("FashionMNIST", ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                       "Sneaker", "Bag", "Ankle boot"]),
+    "kmnist": ("KMNIST", ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]),
+}
+FILES = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
+         ("test", "images"): "t10k-images-idx3-ubyte", ("test", "labels"): "t10k-labels-idx1-ubyte"}
+
+
+def find_idx_file(source: Path, stem: str, torchvision_name: str) -> Path:
+    for folder in (source, source / "raw", source / torchvision_name / "raw"):
+        for candidate in (folder / stem, folder / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+    raise StrideError(f"{source}: missing {stem} (or {stem}.gz); expected the official IDX files "
+                      f"{', '.join(FILES.values())}")
+
+
+def read_idx(path: Path, expected_magic: int) -> np.ndarray:
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as err:
+        raise StrideError(f"{path}: cannot read ({err}); is the download complete?") from None
+    if len(raw) < 4:
+        raise StrideError(f"{path}: truncated: {len(raw)} bytes, not even an IDX header")
+    magic = struct.unpack(">I", raw[:4])[0]
+    if magic != expected_magic:
+        raise StrideError(f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+                          f"({'images, 3 dims' if expected_magic == IMAGES_MAGIC else 'labels, 1 dim'})")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise StrideError(f"{path}: truncated header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise StrideError(f"{path}: truncated or padded: header says {' x '.join(map(str, dims))} = {expected} "
+                          f"bytes of data, found {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_split(source: Path, split: str, torchvision_name: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    images_path = find_idx_file(source, FILES[(split, "images")], torchvision_name)
+    labels_path = find_idx_file(source, FILES[(split, "labels")], torchvision_name)
+    images = read_idx(images_path, IMAGES_MAGIC)
+    labels = read_idx(labels_path, LABELS_MAGIC)
+    if len(images) != len(labels):
+        raise StrideError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+    if labels.size and labels.max() >= num_classes:
+        raise StrideError(f"{labels_path}: label {labels.max()} out of range 0..{num_classes - 1}")
+    return images[:, None].copy(), labels.astype(np.int64)
+
+
+def download(dataset: str, root: Path) -> None:
+    """Fetch the official files with torchvision's reader (needs network)."""
+    import torchvision.datasets as tvd
+
+    reader = getattr(tvd, DATASETS[dataset][0])
+    for train in (True, False):
+        reader(str(root), train=train, download=True)
+
+
+def prepare_mnist_like(dataset: str, source: str | Path, out_dir: str | Path, *, val_size: int = 5000, seed: int = 0,
+                       encoding: str = "png", samples_per_shard: int = 5000, overwrite: bool = False,
+                       fetch: bool = False) -> Manifest:
+    if dataset not in DATASETS:
+        raise StrideError(f"unknown MNIST-format dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    torchvision_name, class_names = DATASETS[dataset]
+    source = Path(source)
+    if fetch:
+        download(dataset, source)
+    if not source.is_dir():
+        raise StrideError(f"--source {source} is not a folder")
+    train_images, train_labels = read_split(source, "train", torchvision_name, len(class_names))
+    test_images, test_labels = read_split(source, "test", torchvision_name, len(class_names))
+    if not 0 < val_size < len(train_labels):
+        raise StrideError(f"--val-size must be between 1 and {len(train_labels) - 1}, got {val_size}")
+    train, val = deterministic_split(len(train_labels), val_size, seed)
+    return write_image_classification(
+        out_dir, dataset=dataset,
+        splits={"train": (train_images[train], train_labels[train]), "val": (train_images[val], train_labels[val]),
+                "test": (test_images, test_labels)},
+        class_names=class_names,
+        source={"kind": "idx", "folder": str(source.absolute()),
+                "files": {f"{s}-{k}": find_idx_file(source, n, torchvision_name).name for (s, k), n in FILES.items()}},
+        parameters={"val_size": val_size, "seed": seed, "encoding": encoding, "samples_per_shard": samples_per_shard},
+        encoding=encoding, samples_per_shard=samples_per_shard, overwrite=overwrite)

@@ -1,0 +1,147 @@
+"""Atomic writing of sharded WebDataset datasets.
+
+Everything is written into a hidden temporary folder beside the target and moved into
+place only when every shard and the manifest are complete, so an interrupted or failed
+prepare leaves the target untouched (absent, or the previous dataset). Replacing an
+existing dataset needs `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from stride import __version__
+from stride.datamodules.manifest import MANIFEST_NAME, Manifest, ShardEntry, SplitEntry, sha256_of
+from stride.errors import StrideError
+
+TMP_MARK = ".stride-tmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete temporary folders left by prepares that were killed (their process is gone)."""
+    for candidate in out_dir.parent.glob(f".{out_dir.name}{TMP_MARK}*"):
+        try:
+            pid = int(candidate.name.rsplit("-", 2)[-2])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+class ShardWriter:
+    """Write samples split by split into `{split}-{NNNNNN}.tar` shards, then commit atomically.
+
+    Use as a context manager; `add(split, key, members)` takes already-encoded bytes per
+    tar member extension, e.g. {"png": b"...", "cls": b"3"}.
+    """
+
+    def __init__(self, out_dir: str | Path, *, samples_per_shard: int = 5000, overwrite: bool = False):
+        if samples_per_shard < 1:
+            raise StrideError(f"--shard-size must be at least 1, got {samples_per_shard}")
+        self.out_dir = Path(out_dir).absolute()
+        self.samples_per_shard = samples_per_shard
+        self.overwrite = overwrite
+        self._check_target()
+        remove_stale_temporaries(self.out_dir)
+        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._splits: dict[str, list[ShardEntry]] = {}
+        self._tar: tarfile.TarFile | None = None
+        self._tar_split = ""
+        self._tar_count = 0
+        self._keys: set[tuple[str, str]] = set()
+
+    def _check_target(self) -> None:
+        out = self.out_dir
+        if out.exists() and not out.is_dir():
+            raise StrideError(f"output {out} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()):
+            if not (out / MANIFEST_NAME).is_file():
+                raise StrideError(f"output folder {out} is not empty and holds no stride dataset; "
+                                  "choose an empty or new folder")
+            if not self.overwrite:
+                raise StrideError(f"a dataset already exists at {out}; pass --overwrite to replace it")
+        parent = out.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StrideError(f"cannot create output folder {parent}: {err.strerror}") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise StrideError(f"output folder {parent} is not writable")
+
+    def __enter__(self) -> "ShardWriter":
+        self.tmp_dir.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def _close_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._tar = None
+        name = f"{self._tar_split}-{len(self._splits[self._tar_split]) :06d}.tar"
+        path = self.tmp_dir / name
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        self._splits[self._tar_split].append(
+            ShardEntry(name=name, num_samples=self._tar_count, num_bytes=path.stat().st_size, sha256=sha256_of(path)))
+
+    def add(self, split: str, key: str, members: dict[str, bytes]) -> None:
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+        if (split, key) in self._keys:
+            raise ValueError(f"duplicate sample key {key!r} in split {split!r}")
+        self._keys.add((split, key))
+        if self._tar is not None and (self._tar_split != split or self._tar_count >= self.samples_per_shard):
+            self._close_shard()
+        if self._tar is None:
+            shards = self._splits.setdefault(split, [])
+            self._tar = tarfile.open(self.tmp_dir / f"{split}-{len(shards):06d}.tar", "w", format=tarfile.USTAR_FORMAT)
+            self._tar_split, self._tar_count = split, 0
+        for ext, payload in members.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(payload)
+            info.mode = 0o444
+            self._tar.addfile(info, io.BytesIO(payload))
+        self._tar_count += 1
+
+    def commit(self, **manifest_fields: Any) -> Manifest:
+        """Finish the last shard, write the manifest and move the dataset into place."""
+        self._close_shard()
+        splits = {name: SplitEntry(num_samples=sum(s.num_samples for s in shards), shards=shards)
+                  for name, shards in self._splits.items()}
+        manifest = Manifest(splits=splits, stride_version=__version__, **manifest_fields)
+        manifest_path = self.tmp_dir / MANIFEST_NAME
+        manifest_path.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
+        with open(manifest_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        old = None
+        if self.out_dir.exists():
+            old = self.out_dir.parent / f".{self.out_dir.name}{TMP_MARK}{os.getpid()}-old{uuid.uuid4().hex[:4]}"
+            os.rename(self.out_dir, old)
+        os.rename(self.tmp_dir, self.out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return manifest

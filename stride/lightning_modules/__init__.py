@@ -1,0 +1,1 @@
+"""Tensors and losses: one LightningModule per task, over any registered backbone."""

@@ -1,0 +1,1 @@
+"""The user's commands: wiring config, data, modules, tracking and tuning together."""

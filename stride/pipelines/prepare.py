@@ -1,0 +1,47 @@
+"""`stride data prepare NAME`: raw or built-in data -> sharded WebDataset + manifest."""
+
+from __future__ import annotations
+
+import argparse
+
+from stride.datamodules.image_shards import ENCODINGS
+from stride.datamodules.manifest import Manifest
+from stride.datamodules.sources.mnist_idx import DATASETS as MNIST_LIKE
+from stride.errors import StrideError
+
+BUILTIN = ("digits",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=[*BUILTIN, *MNIST_LIKE], help="which dataset to convert")
+    parser.add_argument("--source", help="folder with the official raw files (MNIST-format datasets)")
+    parser.add_argument("--out", required=True, help="output dataset folder (shards + manifest.json)")
+    parser.add_argument("--val-size", type=int, help="validation images split off the training set "
+                        "(default: 5000 for MNIST-format, 180 for digits)")
+    parser.add_argument("--test-size", type=int, default=360, help="test images (digits only; default 360)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the deterministic splits")
+    parser.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
+    parser.add_argument("--encoding", choices=ENCODINGS, default="png",
+                        help="png: small; npy: fastest to decode")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch the official files into --source first (needs network)")
+
+
+def run(args: argparse.Namespace) -> Manifest:
+    common = dict(seed=args.seed, encoding=args.encoding, samples_per_shard=args.shard_size, overwrite=args.overwrite)
+    if args.dataset == "digits":
+        from stride.datamodules.sources.digits import prepare_digits
+
+        manifest = prepare_digits(args.out, val_size=args.val_size or 180, test_size=args.test_size, **common)
+    else:
+        if not args.source:
+            raise StrideError(f"stride data prepare {args.dataset} needs --source DIR holding the official IDX files")
+        from stride.datamodules.sources.mnist_idx import prepare_mnist_like
+
+        manifest = prepare_mnist_like(args.dataset, args.source, args.out, val_size=args.val_size or 5000,
+                                      fetch=args.download, **common)
+    sizes = ", ".join(f"{name} {split.num_samples}" for name, split in manifest.splits.items())
+    print(f"wrote {args.out}: {manifest.dataset} ({sizes}; {sum(len(s.shards) for s in manifest.splits.values())} "
+          f"shards)")
+    return manifest

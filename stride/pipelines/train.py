@@ -1,0 +1,160 @@
+"""`stride train`: one config -> a Lightning run recorded in MLflow.
+
+Everything that can be checked (config, dataset manifest and shards, tracking store) is
+checked before the first step. Only global rank 0 talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import mlflow
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
+
+from stride import __version__
+from stride.config import config_to_dict, config_to_yaml, flatten
+from stride.config.schema import StrideConfig
+from stride.errors import StrideError
+from stride.pipelines.tasks import build_datamodule, build_module
+from stride.tracking.callback import MlflowEpochMetrics
+from stride.tracking.models import log_classifier
+from stride.tracking.plots import plot_confusion_matrix, plot_learning_curves
+from stride.tracking.store import resolve_tracking_uri, use_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    tracking_uri: str
+    test_metrics: dict[str, float]
+    best_checkpoint: str
+    best_val_metric: float | None
+    model_uri: str | None = None
+    wall_time_s: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def load_weights(module: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Load a Lightning checkpoint's weights without unpickling arbitrary objects."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+    except Exception as err:
+        raise StrideError(f"checkpoint {checkpoint} cannot be loaded as stride weights: {err}") from None
+
+
+def make_trainer(config: StrideConfig, callbacks: Sequence[pl.Callback], **overrides: Any) -> pl.Trainer:
+    t = config.trainer
+    kwargs: dict[str, Any] = dict(
+        max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
+        strategy=t.strategy, precision=t.precision, deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val, callbacks=list(callbacks),
+        enable_progress_bar=t.enable_progress_bar, logger=False, enable_model_summary=False,
+        use_distributed_sampler=False,  # the shard streams split data across ranks themselves
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def train(
+    config: StrideConfig,
+    *,
+    tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    extra_callbacks: Sequence[pl.Callback] = (),
+    trainer_overrides: dict[str, Any] | None = None,
+) -> TrainResult:
+    started = time.perf_counter()
+    datamodule = build_datamodule(config)  # reads and checks the manifest before anything else
+    datamodule.setup("fit")  # verifies every shard's size and sha256
+    rank_zero = rank_zero_only.rank == 0
+    uri = resolve_tracking_uri(tracking_uri or config.tracking.uri)
+    if rank_zero:
+        use_store(uri, config.tracking.experiment)
+    pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    module = build_module(config, datamodule)
+
+    run = None
+    if rank_zero:
+        tags = {"stride.version": __version__, "stride.recipe": config.name, "stride.task": config.task,
+                "stride.architecture": config.model.architecture, "dataset.path": str(datamodule.root.absolute()),
+                "dataset.name": datamodule.manifest.dataset, "dataset.manifest_sha256": datamodule.dataset_sha256,
+                **config.tracking.tags, **(extra_tags or {})}
+        if commit := git_commit():
+            tags["git.commit"] = commit
+        run = mlflow.start_run(run_name=config.tracking.run_name or config.name, tags=tags,
+                               parent_run_id=parent_run_id, nested=parent_run_id is not None)
+    try:
+        return _fit_and_test(config, datamodule, module, run, uri, extra_callbacks, trainer_overrides or {}, started)
+    except BaseException:
+        if run is not None:
+            mlflow.end_run(status="FAILED")
+        raise
+
+
+def _fit_and_test(config, datamodule, module, run, uri, extra_callbacks, trainer_overrides, started) -> TrainResult:
+    run_id = run.info.run_id if run is not None else None
+    if run is not None:
+        params = flatten(config_to_dict(config))
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        mlflow.log_text(config_to_yaml(config), "config.yaml")
+    checkpoint_dir = Path(config.trainer.checkpoint_dir) / (run_id or f"run-{int(time.time())}")
+    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best-{epoch}", monitor=config.trainer.monitor,
+                                 mode=config.trainer.monitor_mode, save_top_k=1, save_last=True)
+    epoch_metrics = MlflowEpochMetrics(run_id)
+    trainer = make_trainer(config, [checkpoint, epoch_metrics, *extra_callbacks], **trainer_overrides)
+    trainer.fit(module, datamodule=datamodule)
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    if not best:
+        raise StrideError(f"training produced no checkpoint (is trainer.monitor={config.trainer.monitor!r} logged?)")
+    load_weights(module, best)
+    test_metrics = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
+    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    result = TrainResult(run_id, uri, test_metrics, best, best_score, history=epoch_metrics.history)
+    if run is not None:
+        _log_outcome(config, datamodule, module, checkpoint, epoch_metrics, result)
+        result.wall_time_s = time.perf_counter() - started
+        mlflow.log_metric("wall_time_s", result.wall_time_s)
+        mlflow.end_run()
+    result.wall_time_s = time.perf_counter() - started
+    return result
+
+
+def _log_outcome(config, datamodule, module, checkpoint, epoch_metrics, result: TrainResult) -> None:
+    mlflow.log_metrics(result.test_metrics)
+    if result.best_val_metric is not None:
+        mlflow.log_metric(f"best_{config.trainer.monitor}", result.best_val_metric)
+    mlflow.set_tag("best_checkpoint", result.best_checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        plots = Path(tmp)
+        if epoch_metrics.history:
+            mlflow.log_artifact(str(plot_learning_curves(epoch_metrics.history, plots / "learning_curves.png")),
+                                "plots")
+        if getattr(module, "confusion_matrix", None) is not None:
+            matrix_png = plot_confusion_matrix(module.confusion_matrix.numpy(), datamodule.manifest.class_names,
+                                               plots / "confusion_matrix_test.png", title=f"{config.name} test")
+            mlflow.log_artifact(str(matrix_png), "plots")
+    if config.tracking.log_model:
+        result.model_uri = log_classifier(module.network, datamodule.input_shape, datamodule.num_classes)
+        mlflow.set_tag("stride.model_uri", result.model_uri)
