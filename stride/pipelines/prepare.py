@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 
 from stride.datamodules.image_shards import ENCODINGS
-from stride.datamodules.manifest import Manifest
 from stride.datamodules.sources.mnist_idx import DATASETS as MNIST_LIKE
 from stride.errors import StrideError
 
 BUILTIN = ("digits",)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
+    parser = data.add_parser("prepare", help="convert a dataset to WebDataset shards with a manifest")
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fetch the official files into --source first (needs network)")
 
 
-def run(args: argparse.Namespace) -> Manifest:
+def run(args: argparse.Namespace) -> int:
     common = dict(seed=args.seed, encoding=args.encoding, samples_per_shard=args.shard_size, overwrite=args.overwrite)
     if args.dataset == "digits":
         from stride.datamodules.sources.digits import prepare_digits
@@ -44,4 +50,4 @@ def run(args: argparse.Namespace) -> Manifest:
     sizes = ", ".join(f"{name} {split.num_samples}" for name, split in manifest.splits.items())
     print(f"wrote {args.out}: {manifest.dataset} ({sizes}; {sum(len(s.shards) for s in manifest.splits.values())} "
           f"shards)")
-    return manifest
+    return 0

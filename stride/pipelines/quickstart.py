@@ -10,7 +10,15 @@ from pathlib import Path
 from stride.config import load_config
 from stride.datamodules.manifest import MANIFEST_NAME
 from stride.datamodules.sources.digits import prepare_digits
+from stride.pipelines.arguments import add_tracking_argument
 from stride.tracking.store import resolve_tracking_uri, ui_command
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("quickstart", help="prepare the built-in digits, train, report (offline)")
+    parser.add_argument("--workdir", default=".", help="where shards, checkpoints and the MLflow store go")
+    add_tracking_argument(parser)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ checked before the first step. Only global rank 0 talks to MLflow.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import subprocess
 import tempfile
@@ -24,6 +25,7 @@ from stride import __version__
 from stride.config import config_to_dict, config_to_yaml, flatten
 from stride.config.schema import StrideConfig
 from stride.errors import StrideError
+from stride.pipelines.arguments import add_config_arguments, add_tracking_argument, config_from_args
 from stride.pipelines.tasks import build_datamodule, build_module
 from stride.tracking.callback import MlflowEpochMetrics
 from stride.tracking.models import log_classifier
@@ -43,6 +45,23 @@ class TrainResult:
     model_uri: str | None = None
     wall_time_s: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("train", help="train one config and record it in MLflow")
+    add_config_arguments(parser)
+    add_tracking_argument(parser)
+    parser.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    result = train(config_from_args(args), tracking_uri=args.tracking_uri)
+    if result.run_id:
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.test_metrics.items()))
+        print(f"run {result.run_id}: {metrics} ({result.wall_time_s:.1f} s)")
+        if result.model_uri:
+            print(f"model: {result.model_uri}")
+    return 0
 
 
 def git_commit() -> str | None:
@@ -84,11 +103,17 @@ def train(
     extra_tags: dict[str, str] | None = None,
     extra_callbacks: Sequence[pl.Callback] = (),
     trainer_overrides: dict[str, Any] | None = None,
+    global_rank: int | None = None,
 ) -> TrainResult:
+    """Fit, test the best checkpoint, and record everything in MLflow from rank 0.
+
+    `global_rank` is needed where the launcher (e.g. Ray Train) sets it up after import;
+    by default Lightning's view of the environment is used.
+    """
     started = time.perf_counter()
     datamodule = build_datamodule(config)  # reads and checks the manifest before anything else
     datamodule.setup("fit")  # verifies every shard's size and sha256
-    rank_zero = rank_zero_only.rank == 0
+    rank_zero = (rank_zero_only.rank if global_rank is None else global_rank) == 0
     uri = resolve_tracking_uri(tracking_uri or config.tracking.uri)
     if rank_zero:
         use_store(uri, config.tracking.experiment)

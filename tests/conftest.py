@@ -1,0 +1,78 @@
+"""Shared fixtures: real datasets on disk, a real `mlflow server` subprocess, tiny configs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout_s: float, process: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text() if log else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s:\n{log.read_text() if log else ''}")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real MLflow tracking server on 127.0.0.1 with a SQLite backend and proxied local artifacts."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = root / "server.log"
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", 120, process, log)
+        yield uri
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in digits, prepared once per session (small shards so several exist per split)."""
+    from stride.datamodules.sources.digits import prepare_digits
+
+    out = tmp_path_factory.mktemp("data") / "digits"
+    prepare_digits(out, samples_per_shard=300)
+    return out
+
+
+@pytest.fixture
+def tiny_overrides(digits_shards: Path, tmp_path: Path) -> list[str]:
+    """Overrides that make the digits-cnn recipe train in seconds on a CPU, writing under tmp_path."""
+    return [f"data.path={digits_shards}", "model.channels=8", "trainer.max_epochs=2", "data.batch_size=128",
+            f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}", "trainer.enable_progress_bar=false",
+            "tracking.experiment=tests"]
