@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -24,6 +24,11 @@ def image_field(schema: dict[str, dict[str, Any]], where: str) -> str:
             return ext
     raise StrideError(f"{where}: sample_schema has no image member (expected one of {', '.join(IMAGE_ENCODINGS)} "
                       "with role 'image')")
+
+
+def images_and_labels(samples: list[tuple[Any, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = stack_batch(samples)
+    return images, labels.long()
 
 
 class ShardedDataModule(pl.LightningDataModule):
@@ -56,9 +61,9 @@ class ShardedDataModule(pl.LightningDataModule):
         self._streams: dict[str, ShardStream] = {}
 
     fields: tuple[str, ...] = ()
-
-    def to_batch(self, samples: list[tuple[Any, ...]]) -> Any:
-        return stack_batch(samples)
+    # module-level function, not a bound method: loader workers may be spawned, and
+    # pickling a bound method would drag the datamodule (and its trainer) along
+    collate: Callable[[list[tuple[Any, ...]]], Any] = staticmethod(stack_batch)
 
     @property
     def dataset_sha256(self) -> str:
@@ -83,7 +88,7 @@ class ShardedDataModule(pl.LightningDataModule):
             rank, world = self._rank_and_world()
             training = split == "train"
             self._streams[split] = ShardStream(
-                self.root, self.manifest.split(split).shards, self.fields, self.to_batch,
+                self.root, self.manifest.split(split).shards, self.fields, self.collate,
                 batch_size=self.batch_size if training else self.eval_batch_size, training=training,
                 rank=rank, world_size=world, num_workers=self.num_workers, seed=self.seed,
                 shuffle_buffer=self.shuffle_buffer)
@@ -108,6 +113,7 @@ class ImageClassificationData(ShardedDataModule):
     """Batches of (images float32 in [0, 1] as N x C x H x W, labels int64); augmentation on the device."""
 
     task = "classification"
+    collate = staticmethod(images_and_labels)
 
     def __init__(self, path: str | Path, *, random_shift_px: int = 0, horizontal_flip: bool = False,
                  normalize: str = "dataset", **kwargs: Any):
@@ -135,10 +141,6 @@ class ImageClassificationData(ShardedDataModule):
         if "mean" not in stats or "std" not in stats:
             raise StrideError(f"{self.root}/manifest.json has no stats.mean/std; set data.normalize: none")
         return stats["mean"], stats["std"]
-
-    def to_batch(self, samples: list[tuple[Any, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = stack_batch(samples)
-        return images, labels.long()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch

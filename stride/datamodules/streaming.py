@@ -35,6 +35,9 @@ from stride.datamodules.manifest import ShardEntry
 from stride.errors import StrideError
 
 
+KEY_FIELD = "__key__"  # a pseudo-field: the sample's key, for tracing samples
+
+
 def _decode_image(payload: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(payload)) as image:
         array = np.asarray(image)
@@ -72,11 +75,11 @@ def iter_shard(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, dict[
             members = ({**member, "__url__": str(path)} for member in tar_file_iterator(handle))
             for sample in group_by_keys(members):
                 key = sample["__key__"]
-                missing = [f for f in fields if f not in sample]
+                missing = [f for f in fields if f not in sample and f != KEY_FIELD]
                 if missing:
                     raise StrideError(f"shard {path}, sample {key!r}: missing member(s) {', '.join(missing)}")
                 last_key = key
-                yield key, {f: sample[f] for f in fields}
+                yield key, {f: sample[f] for f in fields if f != KEY_FIELD}
     except StrideError:
         raise
     except Exception as err:  # tarfile/ValueError on truncated or corrupted archives
@@ -164,7 +167,7 @@ class ShardStream(IterableDataset):
                 seen += 1
                 if index % plan.sample_stride == plan.sample_offset:
                     try:
-                        yield tuple(decode_member(f, members[f]) for f in self.fields)
+                        yield tuple(key if f == KEY_FIELD else decode_member(f, members[f]) for f in self.fields)
                     except Exception as err:
                         raise StrideError(f"shard {path}, sample {key!r}: cannot decode: {err}") from None
                 index += 1

@@ -177,6 +177,7 @@ def _log_outcome(config, datamodule, module, checkpoint, epoch_metrics, result: 
             mlflow.log_artifact(str(plot_learning_curves(epoch_metrics.history, plots / "learning_curves.png")),
                                 "plots")
         if getattr(module, "confusion_matrix", None) is not None:
+            mlflow.log_metric("test_samples", float(module.confusion_matrix.sum()))  # all ranks' samples, once each
             matrix_png = plot_confusion_matrix(module.confusion_matrix.numpy(), datamodule.manifest.class_names,
                                                plots / "confusion_matrix_test.png", title=f"{config.name} test")
             mlflow.log_artifact(str(matrix_png), "plots")
