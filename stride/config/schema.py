@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-TASKS = ("classification",)
+TASKS = ("classification", "sequence_classification")
 
 
 class Section(BaseModel):
@@ -32,6 +32,9 @@ class DataConfig(Section):
     normalize: Literal["dataset", "none"] = "dataset"  # dataset: mean/std recorded in the manifest
     augment: AugmentConfig = AugmentConfig()
     pin_memory: bool = True
+    # sequence_classification over image shards: pixels as a sequence (MODELS.md A2)
+    sequence_view: Literal["sequential", "permuted"] = "sequential"
+    permutation_seed: int = 0  # the one fixed permutation of the permuted view
 
 
 class ModelConfig(BaseModel):

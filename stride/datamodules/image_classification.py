@@ -42,11 +42,12 @@ class ShardedDataModule(pl.LightningDataModule):
 
     def __init__(self, path: str | Path, *, batch_size: int, eval_batch_size: int | None = None,
                  num_workers: int = 0, shuffle_buffer: int = 1000, pin_memory: bool = True, seed: int = 0,
-                 verify_checksums: bool = True):
+                 verify_checksums: bool = True, normalize: str = "dataset"):
         super().__init__()
+        self.normalize = normalize
         self.root = Path(path)
         self.manifest = read_manifest(self.root)
-        if self.manifest.task != self.task:
+        if self.manifest.task != self.task:  # subclasses accept exactly one kind of dataset
             raise StrideError(f"{self.root}: dataset task is {self.manifest.task!r}, expected {self.task!r}")
         for split in ("train", "val", "test"):
             self.manifest.split(split)
@@ -76,6 +77,20 @@ class ShardedDataModule(pl.LightningDataModule):
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest.class_names)
+
+    @property
+    def normalization(self) -> tuple[list[float], list[float]] | None:
+        """Per-channel (mean, std) of the training split to fold into the model, or None."""
+        if self.normalize == "none":
+            return None
+        stats = self.manifest.stats
+        if "mean" not in stats or "std" not in stats:
+            raise StrideError(f"{self.root}/manifest.json has no stats.mean/std; set data.normalize: none")
+        return stats["mean"], stats["std"]
 
     def setup(self, stage: str | None = None) -> None:
         if not self._verified:
@@ -115,32 +130,16 @@ class ImageClassificationData(ShardedDataModule):
     task = "classification"
     collate = staticmethod(images_and_labels)
 
-    def __init__(self, path: str | Path, *, random_shift_px: int = 0, horizontal_flip: bool = False,
-                 normalize: str = "dataset", **kwargs: Any):
+    def __init__(self, path: str | Path, *, random_shift_px: int = 0, horizontal_flip: bool = False, **kwargs: Any):
         super().__init__(path, **kwargs)
         self.image_ext = image_field(self.manifest.sample_schema, str(self.root / "manifest.json"))
         self.fields = (self.image_ext, "cls")
         self.random_shift_px = random_shift_px
         self.horizontal_flip = horizontal_flip
-        self.normalize = normalize
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.manifest.sample_schema[self.image_ext]["shape"])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.manifest.class_names)
-
-    @property
-    def normalization(self) -> tuple[list[float], list[float]] | None:
-        """Per-channel (mean, std) to fold into the model, or None."""
-        if self.normalize == "none":
-            return None
-        stats = self.manifest.stats
-        if "mean" not in stats or "std" not in stats:
-            raise StrideError(f"{self.root}/manifest.json has no stats.mean/std; set data.normalize: none")
-        return stats["mean"], stats["std"]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch

@@ -9,6 +9,7 @@ from stride.datamodules.sources.mnist_idx import DATASETS as MNIST_LIKE
 from stride.errors import StrideError
 
 BUILTIN = ("digits",)
+USER_FILES = ("sequences",)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -19,12 +20,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=[*BUILTIN, *MNIST_LIKE], help="which dataset to convert")
-    parser.add_argument("--source", help="folder with the official raw files (MNIST-format datasets)")
+    parser.add_argument("dataset", choices=[*BUILTIN, *MNIST_LIKE, *USER_FILES], help="which dataset to convert")
+    parser.add_argument("--source", help="folder with the official raw files (MNIST-format datasets), or the "
+                        ".npz file of labelled sequences (sequences)")
     parser.add_argument("--out", required=True, help="output dataset folder (shards + manifest.json)")
     parser.add_argument("--val-size", type=int, help="validation images split off the training set "
                         "(default: 5000 for MNIST-format, 180 for digits)")
     parser.add_argument("--test-size", type=int, default=360, help="test images (digits only; default 360)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="sequences: validation share when the "
+                        "file has no explicit splits")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="sequences: test share likewise")
     parser.add_argument("--seed", type=int, default=0, help="seed of the deterministic splits")
     parser.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
     parser.add_argument("--encoding", choices=ENCODINGS, default="png",
@@ -36,7 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     common = dict(seed=args.seed, encoding=args.encoding, samples_per_shard=args.shard_size, overwrite=args.overwrite)
-    if args.dataset == "digits":
+    if args.dataset in USER_FILES and not args.source:
+        raise StrideError("stride data prepare sequences needs --source FILE.npz")
+    if args.dataset == "sequences":
+        from stride.datamodules.sequence_shards import prepare_sequences
+
+        manifest = prepare_sequences(args.source, args.out, val_fraction=args.val_fraction,
+                                     test_fraction=args.test_fraction, seed=args.seed,
+                                     samples_per_shard=args.shard_size, overwrite=args.overwrite)
+    elif args.dataset == "digits":
         from stride.datamodules.sources.digits import prepare_digits
 
         manifest = prepare_digits(args.out, val_size=args.val_size or 180, test_size=args.test_size, **common)

@@ -1,0 +1,112 @@
+"""`stride data prepare sequences`: a user's labelled sequences (.npz) -> stride shards.
+
+The file holds `x` ([N, T] or [N, C, T]) and `y` ([N] integer labels), split here
+deterministically, or explicit `x_train/y_train/x_val/y_val/x_test/y_test`. Optional
+`class_names` (a string array). Arrays are read with `allow_pickle=False`.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from stride.datamodules.image_shards import deterministic_split
+from stride.datamodules.manifest import Manifest
+from stride.datamodules.writer import ShardWriter
+from stride.errors import StrideError
+
+SPLITS = ("train", "val", "test")
+
+
+def _as_channels_first(x: np.ndarray, name: str, source: Path) -> np.ndarray:
+    if x.ndim == 2:
+        x = x[:, None, :]
+    if x.ndim != 3:
+        raise StrideError(f"{source}: {name} must have shape [N, T] or [N, C, T], got {list(x.shape)}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise StrideError(f"{source}: {name} must be numeric, got dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise StrideError(f"{source}: {name} contains NaN or infinite values")
+    return x.astype(np.float32)
+
+
+def _labels(y: np.ndarray, count: int, name: str, source: Path) -> np.ndarray:
+    if y.ndim != 1 or len(y) != count:
+        raise StrideError(f"{source}: {name} must be a vector of {count} labels (one per sequence), got shape "
+                          f"{list(y.shape)}")
+    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise StrideError(f"{source}: {name} must hold non-negative integer labels, got dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+def read_sequences(source: Path, val_fraction: float, test_fraction: float, seed: int
+                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str] | None]:
+    try:
+        archive = np.load(source, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise StrideError(f"{source}: not a readable .npz file without pickled objects ({err})") from None
+    with archive:
+        names = set(archive.files)
+        class_names = [str(c) for c in archive["class_names"]] if "class_names" in names else None
+        if {f"x_{s}" for s in SPLITS} | {f"y_{s}" for s in SPLITS} <= names:
+            splits = {}
+            for split in SPLITS:
+                x = _as_channels_first(archive[f"x_{split}"], f"x_{split}", source)
+                splits[split] = (x, _labels(archive[f"y_{split}"], len(x), f"y_{split}", source))
+        elif {"x", "y"} <= names:
+            x = _as_channels_first(archive["x"], "x", source)
+            y = _labels(archive["y"], len(x), "y", source)
+            test_count, val_count = round(len(x) * test_fraction), round(len(x) * val_fraction)
+            if test_count < 1 or val_count < 1 or test_count + val_count >= len(x):
+                raise StrideError(f"{source}: {len(x)} sequences cannot be split into train/val/test with "
+                                  f"--val-fraction {val_fraction} and --test-fraction {test_fraction}")
+            rest, test = deterministic_split(len(x), test_count, seed)
+            train_pos, val_pos = deterministic_split(len(rest), val_count, seed + 1)
+            splits = {"train": (x[rest[train_pos]], y[rest[train_pos]]), "val": (x[rest[val_pos]], y[rest[val_pos]]),
+                      "test": (x[test], y[test])}
+        else:
+            raise StrideError(f"{source}: expected arrays x and y, or x_train, y_train, x_val, y_val, x_test, "
+                              f"y_test; found {', '.join(sorted(names)) or 'none'}")
+    shapes = {split: list(x.shape[1:]) for split, (x, _) in splits.items()}
+    if len({tuple(s) for s in shapes.values()}) != 1:
+        raise StrideError(f"{source}: all splits need the same [C, T] per sequence, got {shapes}")
+    return splits, class_names
+
+
+def prepare_sequences(source: str | Path, out_dir: str | Path, *, val_fraction: float = 0.1,
+                      test_fraction: float = 0.2, seed: int = 0, samples_per_shard: int = 5000,
+                      overwrite: bool = False) -> Manifest:
+    source = Path(source)
+    if not source.is_file():
+        raise StrideError(f"--source {source} does not exist")
+    splits, class_names = read_sequences(source, val_fraction, test_fraction, seed)
+    num_classes = int(max(y.max() for _, y in splits.values() if len(y))) + 1
+    if class_names is None:
+        class_names = [str(c) for c in range(num_classes)]
+    elif len(class_names) < num_classes:
+        raise StrideError(f"{source}: class_names has {len(class_names)} names but labels go up to {num_classes - 1}")
+    train_x = splits["train"][0]
+    total = sum(len(y) for _, y in splits.values())
+    with ShardWriter(out_dir, samples_per_shard=samples_per_shard, overwrite=overwrite) as writer:
+        with tqdm(total=total, desc="writing sequence shards", unit="seq") as progress:
+            for split, (x, y) in splits.items():
+                for index, (sequence, label) in enumerate(zip(x, y)):
+                    buffer = io.BytesIO()
+                    np.save(buffer, sequence, allow_pickle=False)
+                    writer.add(split, f"{split}{index:08d}", {"npy": buffer.getvalue(), "cls": str(int(label)).encode()})
+                    progress.update()
+        return writer.commit(
+            dataset=Path(out_dir).name, task="sequence_classification",
+            source={"kind": "npz", "file": str(source.absolute())},
+            parameters={"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
+                        "samples_per_shard": samples_per_shard},
+            sample_schema={"npy": {"role": "sequence", "shape": list(train_x.shape[1:]), "dtype": "float32",
+                                   "layout": "CT"},
+                           "cls": {"role": "label", "dtype": "int", "num_classes": len(class_names)}},
+            class_names=class_names,
+            stats={"mean": train_x.mean(axis=(0, 2)).round(6).tolist(),
+                   "std": np.maximum(train_x.std(axis=(0, 2)), 1e-6).round(6).tolist()})
