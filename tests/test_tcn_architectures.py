@@ -41,6 +41,7 @@ def test_seed_receptive_fields():
     assert tcn_receptive_field() == 1001  # 12 Single blocks, k=6, linear
     assert tcn_receptive_field(block="double") == 1001
     assert tcn_receptive_field(block="radical", num_blocks=6) == 1021
+    assert tcn_receptive_field(block="radical") == 1021  # default depth: the seed's 24 convs
     # Bai et al. original on SeqMNIST: 8 levels, k=7, exponential, 2 convs per level.
     assert tcn_receptive_field(num_blocks=8, kernel_size=7, dilation_schedule="exponential") == 3061
     assert receptive_field(7, [2**i for i in range(8)], convs_per_block=2) == 1 + 2 * 6 * 255
@@ -118,6 +119,24 @@ def test_parameter_counts():
     assert count(build("gru", input_shape=(1, 784), num_classes=10)) == 3 * 16_768 + 1290 == 51_594
 
 
+def test_recipe_parameter_counts():
+    """The study's recipes at their published sizes; Bai et al.: 8 levels of 25 channels, k=7."""
+    from stride.config import load_config
+
+    def recipe_count(name):
+        config = load_config(name, ["data.path=unused"])
+        return count(build(config.model.architecture, input_shape=(1, 784), num_classes=10, **config.model.params))
+
+    for name in ("tcn-seqmnist-single", "tcn-seqmnist-double", "tcn-seqmnist-radical", "tcn-pmnist-single",
+                 "tcn-pmnist-double", "tcn-pmnist-radical"):
+        assert recipe_count(name) == 143_466, name
+    # first conv 1*25*7 + 25 g + 25 b; 15 more convs 25*25*7 + 25 + 25; projection 25 + 25 + 25; head 260
+    assert recipe_count("tcn-original") == 225 + 15 * 4425 + 75 + 260 == 66_935
+    # Bai et al.'s ~70K-parameter RNN baselines: hidden 130; gates x (130 + 130*130 + 2*130) + head 1310
+    assert recipe_count("lstm-seqmnist") == 4 * 17_290 + 1310 == 70_470
+    assert recipe_count("gru-seqmnist") == 3 * 17_290 + 1310 == 53_180
+
+
 @pytest.mark.parametrize("params,key", [
     ({"dilation_schedule": [1, 2]}, "model.dilation_schedule"),  # 2 dilations for 12 blocks
     ({"dilation_schedule": "quadratic"}, "model.dilation_schedule"),
@@ -136,7 +155,7 @@ def test_bad_hyper_parameters_name_the_key(params, key):
 
 def test_validate_params_fills_defaults():
     assert validate_params("tcn", {}) == dict(block="single", padding="left", dilation_schedule="linear",
-                                              kernel_size=6, channels=32, num_blocks=12, dropout=0.2,
+                                              kernel_size=6, channels=32, num_blocks=None, dropout=0.2,
                                               weight_norm=True)
     with pytest.raises(StrideError, match="model.kernel_size"):
         validate_params("tcn", {"kernel_size": -1})

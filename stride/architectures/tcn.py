@@ -24,6 +24,12 @@ from stride.architectures.registry import register, validate_params
 from stride.errors import StrideError
 
 CONVS_PER_BLOCK = {"single": 2, "double": 2, "radical": 4}
+SEED_CONVS = 24  # the study compares blocks at equal depth: 12 Single/Double or 6 Radical blocks
+
+
+def blocks_for(block: str, num_blocks: int | None) -> int:
+    """`num_blocks` as given, or the seed's depth of 24 convs for this block type."""
+    return num_blocks if num_blocks is not None else SEED_CONVS // CONVS_PER_BLOCK[block]
 _NAMED_SCHEDULES = ("exponential", "linear", "constant")
 
 
@@ -86,7 +92,7 @@ def receptive_field(kernel_size: int, block_dilations: Sequence[int], convs_per_
 def tcn_receptive_field(**hyperparams: Any) -> int:
     """Receptive field of the `tcn` built from these hyper-parameters (defaults filled in)."""
     p = validate_params("tcn", hyperparams)
-    return receptive_field(p["kernel_size"], dilations(p["dilation_schedule"], p["num_blocks"]),
+    return receptive_field(p["kernel_size"], dilations(p["dilation_schedule"], blocks_for(p["block"], p["num_blocks"])),
                            CONVS_PER_BLOCK[p["block"]])
 
 
@@ -186,10 +192,15 @@ def build_tcn(
     dilation_schedule: DilationSchedule = "linear",
     kernel_size: PositiveInt = 6,
     channels: PositiveInt = 32,
-    num_blocks: PositiveInt = 12,
+    num_blocks: PositiveInt | None = None,
     dropout: Probability = 0.2,
     weight_norm: bool = True,
 ) -> nn.Module:
-    """TCN with Single/Double/Radical residual blocks (fig. 18); seed default: 12 Single blocks, k=6, R=1001."""
-    return TCN(input_shape[0], num_classes, block, dilations(dilation_schedule, num_blocks), channels,
+    """TCN with Single/Double/Radical residual blocks (fig. 18); seed default: 12 Single blocks, k=6, R=1001.
+
+    Without `num_blocks` the depth is the seed's 24 convs whatever the block type, so a search
+    over `block` compares like with like.
+    """
+    block_dilations = dilations(dilation_schedule, blocks_for(block, num_blocks))
+    return TCN(input_shape[0], num_classes, block, block_dilations, channels,
                kernel_size, dropout, padding, weight_norm)

@@ -82,10 +82,13 @@ class TrainerConfig(Section):
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: PositiveInt | Literal["auto"] = 1
     strategy: str = "auto"
-    precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
+    # auto: bf16-mixed on CUDA GPUs that support it, 32-true elsewhere (see stride.pipelines.speed)
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed", "64-true"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on for networks with 2-d convolutions on a GPU
+    compile: bool = False  # torch.compile the network for training (the logged model stays uncompiled)
     seed: int = 0
     deterministic: bool = False
-    log_every_n_steps: PositiveInt = 50
+    log_every_n_steps: PositiveInt = 50  # also the progress bar's refresh: each refresh waits for the GPU
     gradient_clip_val: PositiveFloat | None = None
     monitor: str = "val_acc"
     monitor_mode: Literal["min", "max"] = "max"

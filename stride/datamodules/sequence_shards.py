@@ -43,6 +43,15 @@ def _labels(y: np.ndarray, count: int, name: str, source: Path) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _array(archive: np.lib.npyio.NpzFile, name: str, source: Path) -> np.ndarray:
+    """One array of the archive; object arrays would need unpickling, which is refused."""
+    try:
+        return archive[name]
+    except ValueError as err:
+        raise StrideError(f"{source}: array {name!r} cannot be read without unpickling Python objects ({err}); "
+                          f"save plain numeric arrays") from None
+
+
 def read_sequences(source: Path, val_fraction: float, test_fraction: float, seed: int
                    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str] | None]:
     try:
@@ -51,15 +60,15 @@ def read_sequences(source: Path, val_fraction: float, test_fraction: float, seed
         raise StrideError(f"{source}: not a readable .npz file without pickled objects ({err})") from None
     with archive:
         names = set(archive.files)
-        class_names = [str(c) for c in archive["class_names"]] if "class_names" in names else None
+        class_names = [str(c) for c in _array(archive, "class_names", source)] if "class_names" in names else None
         if {f"x_{s}" for s in SPLITS} | {f"y_{s}" for s in SPLITS} <= names:
             splits = {}
             for split in SPLITS:
-                x = _as_channels_first(archive[f"x_{split}"], f"x_{split}", source)
-                splits[split] = (x, _labels(archive[f"y_{split}"], len(x), f"y_{split}", source))
+                x = _as_channels_first(_array(archive, f"x_{split}", source), f"x_{split}", source)
+                splits[split] = (x, _labels(_array(archive, f"y_{split}", source), len(x), f"y_{split}", source))
         elif {"x", "y"} <= names:
-            x = _as_channels_first(archive["x"], "x", source)
-            y = _labels(archive["y"], len(x), "y", source)
+            x = _as_channels_first(_array(archive, "x", source), "x", source)
+            y = _labels(_array(archive, "y", source), len(x), "y", source)
             test_count, val_count = round(len(x) * test_fraction), round(len(x) * val_fraction)
             if test_count < 1 or val_count < 1 or test_count + val_count >= len(x):
                 raise StrideError(f"{source}: {len(x)} sequences cannot be split into train/val/test with "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -34,20 +34,26 @@ class ClassificationModule(pl.LightningModule):
         self.num_classes = num_classes
         self.optim = optim
         self.schedule = schedule
-        metric = lambda: torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)  # noqa: E731
+        # validate_args=False: the checks call torch.unique on the labels, a GPU sync every step
+        metric = lambda: torchmetrics.Accuracy(task="multiclass", num_classes=num_classes,  # noqa: E731
+                                               validate_args=False)
         self.accuracy = nn.ModuleDict({f"{split}_split": metric() for split in ("train", "val", "test")})
-        self.test_confusion = torchmetrics.ConfusionMatrix(task="multiclass", num_classes=num_classes)
+        self.test_confusion = torchmetrics.ConfusionMatrix(task="multiclass", num_classes=num_classes,
+                                                           validate_args=False)
         self.confusion_matrix: torch.Tensor | None = None  # set after testing
+        self.compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # see pipelines.speed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+        return (self.compiled_forward or self.network)(x)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         inputs, labels = batch
         logits = self(inputs)
         loss = F.cross_entropy(logits, labels)
         accuracy = self.accuracy[f"{split}_split"]
-        accuracy(logits, labels)
+        accuracy.update(logits, labels)  # accumulated on the device; computed once per epoch
+        # the step loss stays on the device too: it leaves it only when the progress bar
+        # refreshes (every trainer.log_every_n_steps), never once per step
         on_step = split == "train"
         self.log(f"{split}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step,
                  batch_size=len(labels))

@@ -19,6 +19,13 @@ COMMAND_MODULES = [
     "stride.pipelines.recipes",
     "stride.pipelines.train",
     "stride.pipelines.quickstart",
+    "stride.pipelines.tune",
+    "stride.pipelines.submit",
+    "stride.pipelines.promote",
+    "stride.pipelines.registry",
+    "stride.pipelines.evaluate",
+    "stride.pipelines.predict",
+    "stride.pipelines.bench",
 ]
 
 

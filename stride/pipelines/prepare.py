@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-size", type=int, help="validation images split off the training set "
                         "(default: 5000 for MNIST-format, 180 for digits)")
     parser.add_argument("--test-size", type=int, default=360, help="test images (digits only; default 360)")
+    parser.add_argument("--image-size", type=int, default=28, help="digits only: side in pixels (28 like MNIST; "
+                        "8 keeps the native resolution, 64-step sequences)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="sequences: validation share when the "
                         "file has no explicit splits")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="sequences: test share likewise")
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.dataset == "digits":
         from stride.datamodules.sources.digits import prepare_digits
 
-        manifest = prepare_digits(args.out, val_size=args.val_size or 180, test_size=args.test_size, **common)
+        manifest = prepare_digits(args.out, val_size=args.val_size or 180, test_size=args.test_size,
+                                  size_px=args.image_size, **common)
     else:
         if not args.source:
             raise StrideError(f"stride data prepare {args.dataset} needs --source DIR holding the official IDX files")

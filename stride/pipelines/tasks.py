@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -15,6 +16,8 @@ from stride.datamodules.sequence_classification import SequenceClassificationDat
 from stride.lightning_modules.classification import ClassificationModule
 from stride.lightning_modules.normalize import Normalize
 from stride.lightning_modules.sequence_view import SequenceView
+
+log = logging.getLogger(__name__)
 
 
 def build_datamodule(config: StrideConfig, **overrides: Any) -> ShardedDataModule:
@@ -53,9 +56,22 @@ def build_network(config: StrideConfig, datamodule: ShardedDataModule) -> nn.Mod
         length = backbone_input_shape(config, datamodule)[1]
         seed = config.data.permutation_seed if config.data.sequence_view == "permuted" else None
         layers.append(SequenceView(length, seed))
-    layers.append(build(config.model.architecture, input_shape=backbone_input_shape(config, datamodule),
-                        num_classes=datamodule.num_classes, **config.model.params))
+    input_shape = backbone_input_shape(config, datamodule)
+    backbone = build(config.model.architecture, input_shape=input_shape, num_classes=datamodule.num_classes,
+                     **config.model.params)
+    warn_if_receptive_field_short(config, backbone, input_shape[-1])
+    layers.append(backbone)
     return nn.Sequential(*layers)
+
+
+def warn_if_receptive_field_short(config: StrideConfig, backbone: nn.Module, length: int) -> None:
+    """A causal net whose receptive field (MODELS.md eq. 62) is shorter than the sequence classifies
+    from the last `receptive_field` steps only; that is legal but rarely intended."""
+    field = getattr(backbone, "receptive_field", None)
+    if config.task == "sequence_classification" and field is not None and field < length:
+        log.warning("%s: the receptive field of %s is %d steps but sequences have %d; the first %d steps cannot "
+                    "influence the prediction (raise model.num_blocks, model.kernel_size or the dilations)",
+                    config.name, config.model.architecture, field, length, length - field)
 
 
 def build_module(config: StrideConfig, datamodule: ShardedDataModule) -> ClassificationModule:

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import mlflow
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
 from stride import __version__
@@ -26,6 +26,7 @@ from stride.config import config_to_dict, config_to_yaml, flatten
 from stride.config.schema import StrideConfig
 from stride.errors import StrideError
 from stride.pipelines.arguments import add_config_arguments, add_tracking_argument, config_from_args
+from stride.pipelines.speed import apply_speed_options, resolve_precision
 from stride.pipelines.tasks import build_datamodule, build_module
 from stride.tracking.callback import MlflowEpochMetrics
 from stride.tracking.models import log_classifier
@@ -51,10 +52,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="train one config and record it in MLflow")
     add_config_arguments(parser)
     add_tracking_argument(parser)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="N > 1: DDP over N Ray Train workers (embedded Ray, or --address)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    from stride.pipelines.tune import add_ray_arguments
+
+    add_ray_arguments(parser)
     parser.set_defaults(handler=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        from stride.tuning.distributed import train_with_ray
+
+        metrics = train_with_ray(config_from_args(args), workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                                 gpus_per_worker=args.gpus_per_worker, tracking_uri=args.tracking_uri,
+                                 address=args.address, storage=args.storage)
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test_"))
+        print(f"run {metrics.get('stride_run_id')}: {shown} ({args.workers} Ray Train workers)")
+        return 0
     result = train(config_from_args(args), tracking_uri=args.tracking_uri)
     if result.run_id:
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.test_metrics.items()))
@@ -84,10 +101,14 @@ def load_weights(module: torch.nn.Module, checkpoint: str | Path) -> None:
 
 def make_trainer(config: StrideConfig, callbacks: Sequence[pl.Callback], **overrides: Any) -> pl.Trainer:
     t = config.trainer
+    callbacks = list(callbacks)
+    if t.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+        # each refresh reads the step loss back from the device; once per step would stall the GPU
+        callbacks.append(TQDMProgressBar(refresh_rate=t.log_every_n_steps))
     kwargs: dict[str, Any] = dict(
         max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
-        strategy=t.strategy, precision=t.precision, deterministic=t.deterministic,
-        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val, callbacks=list(callbacks),
+        strategy=t.strategy, precision=resolve_precision(t), deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val, callbacks=callbacks,
         enable_progress_bar=t.enable_progress_bar, logger=False, enable_model_summary=False,
         use_distributed_sampler=False,  # the shard streams split data across ranks themselves
     )
@@ -104,11 +125,14 @@ def train(
     extra_callbacks: Sequence[pl.Callback] = (),
     trainer_overrides: dict[str, Any] | None = None,
     global_rank: int | None = None,
+    run_id: str | None = None,
+    ckpt_path: str | None = None,
 ) -> TrainResult:
     """Fit, test the best checkpoint, and record everything in MLflow from rank 0.
 
     `global_rank` is needed where the launcher (e.g. Ray Train) sets it up after import;
-    by default Lightning's view of the environment is used.
+    by default Lightning's view of the environment is used. `run_id` continues an existing
+    MLflow run and `ckpt_path` a Lightning checkpoint (a restarted or resumed trial).
     """
     started = time.perf_counter()
     datamodule = build_datamodule(config)  # reads and checks the manifest before anything else
@@ -118,7 +142,7 @@ def train(
     if rank_zero:
         use_store(uri, config.tracking.experiment)
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    module = build_module(config, datamodule)
+    module = apply_speed_options(build_module(config, datamodule), config.trainer)
 
     run = None
     if rank_zero:
@@ -128,28 +152,30 @@ def train(
                 **config.tracking.tags, **(extra_tags or {})}
         if commit := git_commit():
             tags["git.commit"] = commit
-        run = mlflow.start_run(run_name=config.tracking.run_name or config.name, tags=tags,
+        run = mlflow.start_run(run_id=run_id, run_name=config.tracking.run_name or config.name, tags=tags,
                                parent_run_id=parent_run_id, nested=parent_run_id is not None)
     try:
-        return _fit_and_test(config, datamodule, module, run, uri, extra_callbacks, trainer_overrides or {}, started)
-    except BaseException:
-        if run is not None:
-            mlflow.end_run(status="FAILED")
+        return _fit_and_test(config, datamodule, module, run, uri, extra_callbacks, trainer_overrides or {}, started,
+                             ckpt_path)
+    except BaseException as err:
+        if run is not None:  # stopped (Ctrl-C, a scheduler ending a trial) is not failed
+            mlflow.end_run(status="KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED")
         raise
 
 
-def _fit_and_test(config, datamodule, module, run, uri, extra_callbacks, trainer_overrides, started) -> TrainResult:
+def _fit_and_test(config, datamodule, module, run, uri, extra_callbacks, trainer_overrides, started,
+                  ckpt_path=None) -> TrainResult:
     run_id = run.info.run_id if run is not None else None
     if run is not None:
         params = flatten(config_to_dict(config))
-        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items() if k not in run.data.params})  # resumed
         mlflow.log_text(config_to_yaml(config), "config.yaml")
     checkpoint_dir = Path(config.trainer.checkpoint_dir) / (run_id or f"run-{int(time.time())}")
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best-{epoch}", monitor=config.trainer.monitor,
                                  mode=config.trainer.monitor_mode, save_top_k=1, save_last=True)
     epoch_metrics = MlflowEpochMetrics(run_id)
     trainer = make_trainer(config, [checkpoint, epoch_metrics, *extra_callbacks], **trainer_overrides)
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     best = checkpoint.best_model_path or checkpoint.last_model_path
     if not best:
         raise StrideError(f"training produced no checkpoint (is trainer.monitor={config.trainer.monitor!r} logged?)")

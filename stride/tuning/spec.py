@@ -1,0 +1,314 @@
+"""Search specs: a base training config plus a search space over the same dotted keys.
+
+Everything is checked here, before Ray starts: the spec's own fields (pydantic), every
+space key against the config schema and the architecture registry, every range, and
+every corner of the space (all choices, both ends of every range) as a full config.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+
+from stride.architectures import get as get_architecture
+from stride.architectures import names as architecture_names
+from stride.config.loading import load_raw, parse_override, set_dotted, validate
+from stride.config.schema import StrideConfig
+from stride.errors import StrideError
+
+SPEC_PACKAGE = "stride.tuning.specs"
+KINDS = {  # kind -> number of arguments
+    "choice": None, "grid": None, "uniform": 2, "loguniform": 2, "randint": 2,
+    "quniform": 3, "qloguniform": 3, "qrandint": 3,
+}
+MAX_CORNER_CONFIGS = 4096  # beyond this, corners are checked one key at a time
+UNSEARCHABLE = ("tracking.", "name", "task")  # would split or mislabel the search's runs
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched key: `kind` (choice, grid, uniform, ...) and its arguments."""
+
+    key: str
+    kind: str
+    args: tuple[Any, ...]
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.kind in ("choice", "grid")
+
+    @property
+    def log_scale(self) -> bool:
+        return self.kind in ("loguniform", "qloguniform")
+
+    def corners(self) -> list[Any]:
+        """Every value for choice/grid, else both (quantised) ends of the range."""
+        if self.is_discrete:
+            return list(self.args)
+        lo, hi = self.args[0], self.args[1]
+        if len(self.args) == 3:
+            q = self.args[2]
+            lo, hi = _quantise(lo, q), _quantise(hi, q)
+            if self.kind == "qrandint":
+                lo, hi = int(lo), int(hi)
+        return [lo, hi]
+
+    def describe(self) -> str:
+        return f"{self.kind}{list(self.args)}"
+
+
+def _quantise(value: float, q: float) -> float:
+    return round(round(value / q) * q, 12)
+
+
+class SchedulerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["asha", "fifo", "pbt"] = "asha"
+    grace_period: PositiveInt = 1  # asha: epochs every trial gets before it can be stopped
+    reduction_factor: float = Field(2.0, gt=1)  # asha: keep 1/reduction_factor of trials per rung
+    brackets: PositiveInt = 1
+    perturbation_interval: PositiveInt = 1  # pbt: epochs between exploit/explore steps
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)
+
+
+class SearchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "search"
+    base: str = Field(description="recipe name or training config file the trials start from")
+    overrides: list[str] = []
+    space: dict[str, dict[str, Any]] = Field(min_length=1)
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    num_samples: PositiveInt = 8
+    max_concurrent_trials: PositiveInt | None = None
+    scheduler: SchedulerSpec = SchedulerSpec()
+    search_alg: Literal["random", "grid", "optuna"] = "random"
+    seed: int | None = 0
+    time_budget_s: PositiveFloat | None = None
+    max_failures: NonNegativeInt = 1
+    keep_checkpoints: PositiveInt = 2
+
+    @pydantic.field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_by_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+@dataclass
+class ResolvedSearch:
+    """A checked spec: its dimensions, the base config mapping, and where it came from."""
+
+    spec: SearchSpec
+    source: str
+    dimensions: list[Dimension]
+    base_raw: dict[str, Any]
+    base_source: str
+
+    def config_for(self, params: dict[str, Any], label: str = "trial") -> StrideConfig:
+        return config_for_params(self.base_raw, params, f"{self.base_source} with {label} {params}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.model_dump(mode="json"), "source": self.source, "base_raw": self.base_raw,
+                "base_source": self.base_source}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ResolvedSearch":
+        spec = SearchSpec.model_validate(data["spec"])
+        dims = [parse_dimension(key, value, data["source"]) for key, value in spec.space.items()]
+        return cls(spec, data["source"], dims, data["base_raw"], data["base_source"])
+
+
+def spec_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(SPEC_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def read_spec(name_or_path: str) -> tuple[dict[str, Any], str, Path | None]:
+    """Built-in spec by name or a YAML file; returns (mapping, source label, folder for relative bases)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise StrideError(f"search spec {path} does not exist")
+        text, source, folder = path.read_text(), str(path), path.absolute().parent
+    elif name_or_path in spec_names():
+        text = resources.files(SPEC_PACKAGE).joinpath(f"{name_or_path}.yaml").read_text()
+        source, folder = f"search spec {name_or_path}", None
+    else:
+        raise StrideError(f"unknown search spec {name_or_path!r}; built-in specs: {', '.join(spec_names())} "
+                          "(or give a path to a .yaml file)")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise StrideError(f"{source}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise StrideError(f"{source}: expected a mapping (base, space, ...), got {type(data).__name__}")
+    if folder is None:
+        data.setdefault("name", name_or_path)
+    else:
+        data.setdefault("name", path.stem)
+    return data, source, folder
+
+
+def load_search(name_or_path: str, overrides: list[str] = (), spec_overrides: dict[str, Any] | None = None
+                ) -> ResolvedSearch:
+    """Read, validate and resolve a spec; `overrides` are extra `--set` items for the base config."""
+    data, source, folder = read_spec(name_or_path)
+    data.update(spec_overrides or {})
+    try:
+        spec = SearchSpec.model_validate(data)
+    except pydantic.ValidationError as err:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" + (
+            f" (allowed: {', '.join(SearchSpec.model_fields)})" if e["type"] == "extra_forbidden" else "")
+            for e in err.errors()]
+        raise StrideError(f"{source}: invalid search spec: " + "; ".join(problems)) from None
+    base = spec.base
+    if folder is not None and not Path(base).is_absolute() and (folder / base).is_file():
+        base = str(folder / base)
+    base_raw, base_source = load_raw(base)
+    base_raw = copy.deepcopy(base_raw)
+    all_overrides = [*spec.overrides, *overrides]
+    for item in all_overrides:
+        set_dotted(base_raw, *parse_override(item))
+    if all_overrides:
+        base_source += " with " + " ".join(all_overrides)
+    _absolute_data_path(base_raw)
+    validate(base_raw, base_source)  # the base alone must be a valid config
+    dimensions = [parse_dimension(key, value, source) for key, value in spec.space.items()]
+    check_keys(dimensions, base_raw, source)
+    check_algorithm(spec, dimensions, source)
+    check_corners(dimensions, base_raw, f"{source} (base {base_source})")
+    return ResolvedSearch(spec, source, dimensions, base_raw, base_source)
+
+
+def _absolute_data_path(raw: dict[str, Any]) -> None:
+    """Trials run in their own working folders, so a relative dataset path is fixed here."""
+    path = raw.get("data", {}).get("path")
+    if isinstance(path, str) and "://" not in path and not Path(path).is_absolute():
+        raw["data"]["path"] = str(Path(path).absolute())
+
+
+def parse_dimension(key: str, value: Any, source: str) -> Dimension:
+    where = f"{source}: space.{key}"
+    if not isinstance(value, dict) or len(value) != 1:
+        raise StrideError(f"{where}: expected one of {{{', '.join(KINDS)}}}: [...], got {value!r}")
+    kind, args = next(iter(value.items()))
+    if kind not in KINDS:
+        raise StrideError(f"{where}: unknown kind {kind!r} (allowed: {', '.join(KINDS)})")
+    if not isinstance(args, list) or not args:
+        raise StrideError(f"{where}: {kind} needs a non-empty list, got {args!r}")
+    if KINDS[kind] is None:
+        if len(args) != len({yaml.safe_dump(a) for a in args}):
+            raise StrideError(f"{where}: {kind} lists a value twice: {args}")
+        return Dimension(key, kind, tuple(args))
+    if len(args) != KINDS[kind]:
+        names = "[lo, hi]" if KINDS[kind] == 2 else "[lo, hi, q]"
+        raise StrideError(f"{where}: {kind} needs {names}, got {args!r}")
+    integer = kind in ("randint", "qrandint")
+    for arg in args:
+        if isinstance(arg, bool) or not isinstance(arg, (int, float)) or not math.isfinite(arg):
+            raise StrideError(f"{where}: {kind} bounds must be numbers, got {args!r}")
+        if integer and not isinstance(arg, int):
+            raise StrideError(f"{where}: {kind} bounds must be integers, got {args!r}")
+    lo, hi = args[0], args[1]
+    if not lo < hi:
+        raise StrideError(f"{where}: empty or inverted range {kind}[{lo}, {hi}]: lo must be below hi")
+    if kind in ("loguniform", "qloguniform") and lo <= 0:
+        raise StrideError(f"{where}: {kind} needs lo > 0 (a log scale), got lo={lo}")
+    if len(args) == 3 and not 0 < args[2] <= hi - lo:
+        raise StrideError(f"{where}: quantum q={args[2]} must be positive and at most hi - lo")
+    return Dimension(key, kind, tuple(args))
+
+
+def valid_keys(architectures: list[str]) -> list[str]:
+    """Dotted keys a space may name: the schema's leaves plus the architectures' hyper-parameters."""
+    keys = [key for key in _schema_leaves(StrideConfig) if not key.startswith("model.")]
+    keys.append("model.architecture")
+    for arch in architectures:
+        keys += [f"model.{p}" for p in get_architecture(arch).param_names]
+    return sorted(k for k in dict.fromkeys(keys) if not k.startswith(UNSEARCHABLE))
+
+
+def _schema_leaves(model: type[BaseModel], prefix: str = "") -> list[str]:
+    leaves = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation.model_fields:
+            leaves += _schema_leaves(annotation, f"{prefix}{name}.")
+        else:
+            leaves.append(f"{prefix}{name}")
+    return leaves
+
+
+def _architectures(dimensions: list[Dimension], base_raw: dict[str, Any]) -> list[str]:
+    for dim in dimensions:
+        if dim.key == "model.architecture":
+            unknown = [a for a in dim.args if a not in architecture_names()]
+            if unknown:
+                raise StrideError(f"space.model.architecture: unknown {unknown} (registered: "
+                                  f"{', '.join(architecture_names())})")
+            return list(dim.args)
+    return [base_raw.get("model", {}).get("architecture", "")]
+
+
+def check_keys(dimensions: list[Dimension], base_raw: dict[str, Any], source: str) -> None:
+    allowed = valid_keys([a for a in _architectures(dimensions, base_raw) if a in architecture_names()])
+    unknown = [d.key for d in dimensions if d.key not in allowed]
+    if unknown:
+        raise StrideError(f"{source}: space key(s) {', '.join(unknown)} are not config keys of this search; "
+                          f"valid keys: {', '.join(allowed)}")
+
+
+def check_algorithm(spec: SearchSpec, dimensions: list[Dimension], source: str) -> None:
+    grid = [d.key for d in dimensions if d.kind == "grid"]
+    if spec.search_alg == "grid":
+        continuous = [d.key for d in dimensions if not d.is_discrete]
+        if continuous:
+            raise StrideError(f"{source}: search_alg grid needs choice/grid values, but {', '.join(continuous)} "
+                              "are ranges; use search_alg random or optuna")
+    elif spec.search_alg == "optuna" and grid:
+        raise StrideError(f"{source}: search_alg optuna cannot enumerate grid keys {', '.join(grid)}; use choice")
+    if spec.scheduler.name == "pbt":
+        if spec.search_alg != "random":
+            raise StrideError(f"{source}: the pbt scheduler mutates configs itself; use search_alg random with it")
+        if all(d.key.startswith("model.") for d in dimensions):
+            raise StrideError(f"{source}: pbt continues trials from each other's checkpoints, so it can only "
+                              "mutate keys outside model.* (e.g. optim.lr); use asha to search architectures")
+
+
+def config_for_params(base_raw: dict[str, Any], params: dict[str, Any], source: str) -> StrideConfig:
+    """The trial's config: the base with the sampled values set; a swapped architecture drops the
+    base's hyper-parameters that the new architecture does not have."""
+    raw = copy.deepcopy(base_raw)
+    arch = params.get("model.architecture")
+    if arch is not None and arch != raw.get("model", {}).get("architecture") and arch in architecture_names():
+        keep = set(get_architecture(arch).param_names)
+        raw["model"] = {k: v for k, v in raw.get("model", {}).items() if k in keep}
+    for key, value in params.items():
+        set_dotted(raw, key, value)
+    return validate(raw, source)
+
+
+def check_corners(dimensions: list[Dimension], base_raw: dict[str, Any], source: str) -> None:
+    """Validate every combination of corner values (or each key's corners alone when there are too many)."""
+    corner_lists = [d.corners() for d in dimensions]
+    keys = [d.key for d in dimensions]
+    if math.prod(len(c) for c in corner_lists) <= MAX_CORNER_CONFIGS:
+        combos = (dict(zip(keys, values)) for values in itertools.product(*corner_lists))
+    else:
+        first = {k: c[0] for k, c in zip(keys, corner_lists)}
+        combos = ({**first, k: v} for k, c in zip(keys, corner_lists) for v in c)
+    for params in combos:
+        try:
+            config_for_params(base_raw, params, "")
+        except StrideError as err:
+            problem = str(err).split("invalid config: ", 1)[-1]
+            raise StrideError(f"{source}: the space reaches an invalid config at {params}: {problem}") from None

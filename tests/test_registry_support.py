@@ -1,0 +1,129 @@
+"""Helpers shared by the registry tests (trained runs, CLI calls, registry snapshots), plus unit tests of the
+pieces that need no server: the gate and the file conversion for predict."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from stride.errors import StrideError
+from stride.pipelines.cli import main
+from stride.registry.evaluation import EvaluationResult
+from stride.registry.prediction import read_input
+from stride.registry.promotion import gate
+
+EXPERIMENT = "registry-tests"
+
+
+@dataclass(frozen=True)
+class TrainedRuns:
+    worse: str  # run ids
+    better: str
+    no_model: str  # a finished run with metrics but no logged model
+    search: str  # parent run of a search whose trials are the three runs above
+    experiment: str
+
+
+@functools.lru_cache(maxsize=None)
+def trained_runs(tracking_uri: str, shards: Path, workdir: Path) -> TrainedRuns:
+    """Two real training runs, a clearly worse and a better one, trained once per test session as the trials of
+    a search (nested under its parent run and tagged with its id, as `stride tune` records them)."""
+    from stride.config import load_config
+    from stride.pipelines.train import train
+    from stride.tracking.store import use_store
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = use_store(tracking_uri, EXPERIMENT)
+    search = client.create_run(experiment_id, run_name="search").info.run_id
+    trial_tags = {"stride.search_id": search}
+    base = [f"data.path={shards}", "model.channels=8", "data.batch_size=128", "trainer.enable_progress_bar=false",
+            f"trainer.checkpoint_dir={workdir / 'checkpoints'}", f"tracking.experiment={EXPERIMENT}"]
+    worse = train(load_config("digits-cnn", base + ["trainer.max_epochs=1", "optim.lr=0.0001"]),
+                  tracking_uri=tracking_uri, parent_run_id=search, extra_tags=trial_tags)
+    better = train(load_config("digits-cnn", base + ["trainer.max_epochs=2"]), tracking_uri=tracking_uri,
+                   parent_run_id=search, extra_tags=trial_tags)
+    bare = client.create_run(experiment_id, tags={"stride.task": "classification", **trial_tags,
+                                                  "mlflow.parentRunId": search}, run_name="no-model")
+    client.log_metric(bare.info.run_id, "best_val_acc", 0.999)
+    client.log_metric(bare.info.run_id, "val_acc", 0.999)
+    client.set_terminated(bare.info.run_id, "FINISHED")
+    client.set_terminated(search, "FINISHED")
+    return TrainedRuns(worse.run_id, better.run_id, bare.info.run_id, search, EXPERIMENT)
+
+
+@pytest.fixture(scope="module")
+def runs(mlflow_server: str, digits_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRuns:
+    return trained_runs(mlflow_server, digits_shards, tmp_path_factory.getbasetemp())
+
+
+def stride(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """Run the `stride` CLI in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def registry_state(tracking_uri: str) -> dict[str, tuple]:
+    """Everything promotion may change: models (locks included), their aliases and versions' tags."""
+    client = MlflowClient(tracking_uri)
+    state = {}
+    for model in client.search_registered_models(max_results=1000):
+        versions = client.search_model_versions(f"name = '{model.name}'")
+        state[model.name] = (dict(model.aliases), sorted((v.version, tuple(sorted(v.tags.items()))) for v in versions))
+    return state
+
+
+def _evaluation(accuracy: float) -> EvaluationResult:
+    return EvaluationResult(accuracy, 0.0, 100, np.zeros((2, 2)), ["a", "b"], "/d", "sha", "test")
+
+
+def test_gate_needs_a_strict_gain_of_at_least_min_delta():
+    assert gate(_evaluation(0.5), None, 0.0)[0]
+    assert gate(_evaluation(0.91), _evaluation(0.90), 0.0)[0]
+    assert not gate(_evaluation(0.90), _evaluation(0.90), 0.0)[0]  # a tie never replaces the champion
+    assert not gate(_evaluation(0.91), _evaluation(0.90), 0.02)[0]
+    passed, text = gate(_evaluation(0.80), _evaluation(0.90), 0.0)
+    assert not passed and "0.8000" in text and "0.9000" in text
+
+
+def test_images_of_any_size_become_the_model_input(tmp_path: Path):
+    pixels = (np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)
+    Image.fromarray(pixels).save(tmp_path / "same.png")
+    Image.fromarray(pixels).convert("RGB").resize((90, 70)).save(tmp_path / "big.jpg")
+    same = read_input(tmp_path / "same.png", (1, 28, 28))
+    assert same.shape == (1, 28, 28) and same.dtype == np.float32
+    np.testing.assert_allclose(same[0], pixels / 255.0, atol=1e-6)  # exactly what the shards decode to
+    assert read_input(tmp_path / "big.jpg", (1, 28, 28)).shape == (1, 28, 28)
+    assert read_input(tmp_path / "big.jpg", (3, 32, 32)).shape == (3, 32, 32)
+    np.save(tmp_path / "raw.npy", pixels[None])
+    np.testing.assert_allclose(read_input(tmp_path / "raw.npy", (1, 28, 28)), same, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("flat.npy", np.zeros((28, 28), np.float32),
+     r"flat.npy: array has shape \[28, 28\], the model expects \[1, 28, 28\]"),
+    ("broken.png", b"not an image", r"broken.png: not a readable PNG/JPEG image"),
+    ("notes.txt", b"hello", r"notes.txt: unsupported file type .txt"),
+    ("absent.png", None, r"absent.png: no such file"),
+])
+def test_bad_files_are_named_with_what_was_expected(tmp_path: Path, name, content, message):
+    path = tmp_path / name
+    if isinstance(content, np.ndarray):
+        np.save(path, content)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(StrideError, match=message):
+        read_input(path, (1, 28, 28))
+
+
+def test_images_cannot_feed_a_sequence_model(tmp_path: Path):
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    with pytest.raises(StrideError, match=r"x.png: the model takes inputs of shape \[2, 50\], not images"):
+        read_input(tmp_path / "x.png", (2, 50))
