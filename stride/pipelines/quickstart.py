@@ -1,4 +1,8 @@
-"""`stride quickstart`: the whole product on built-in data, offline, in a few minutes on a CPU."""
+"""`stride quickstart`: the whole product on built-in data, offline, in a few minutes on a CPU.
+
+Prepare shards -> train the seed's digit CNN -> a small ASHA search on local Ray ->
+promote the search's best to the registry -> predict on test images by alias.
+"""
 
 from __future__ import annotations
 
@@ -13,36 +17,73 @@ from stride.datamodules.sources.digits import prepare_digits
 from stride.pipelines.arguments import add_tracking_argument
 from stride.tracking.store import resolve_tracking_uri, ui_command
 
+MODEL_NAME = "quickstart-digits"
+
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("quickstart", help="prepare the built-in digits, train, report (offline)")
-    parser.add_argument("--workdir", default=".", help="where shards, checkpoints and the MLflow store go")
+    parser = commands.add_parser("quickstart", help="prepare the built-in digits, train, tune, promote, predict "
+                                 "(offline)")
+    parser.add_argument("--workdir", default=".", help="where shards, checkpoints, Ray results and the MLflow "
+                        "store go")
+    parser.add_argument("--skip-search", action="store_true", help="train and report only (no Ray, no registry)")
     add_tracking_argument(parser)
     parser.set_defaults(handler=run)
+
+
+def stage(number: int, total: int, text: str) -> None:
+    print(f"\n[{number}/{total}] {text}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     workdir = Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    stages = 2 if args.skip_search else 5
     shards = workdir / "shards" / "digits"
-    print(f"[1/2] preparing the built-in digits (scikit-learn, 1,797 images) -> {shards}")
+    stage(1, stages, f"preparing the built-in digits (scikit-learn, 1,797 images) -> {shards}")
     if (shards / MANIFEST_NAME).is_file():
         print("      already prepared; reusing it")
     else:
         prepare_digits(shards)
     uri = resolve_tracking_uri(args.tracking_uri, workdir)
-    config = load_config("digits-cnn", [f"data.path={shards}", f"trainer.checkpoint_dir={workdir / 'checkpoints'}",
-                                        "tracking.experiment=quickstart"])
-    print(f"[2/2] training {config.name} ({config.model.architecture}) for {config.trainer.max_epochs} epochs")
+    data_overrides = [f"data.path={shards}", f"trainer.checkpoint_dir={workdir / 'checkpoints'}"]
+    config = load_config("digits-cnn", [*data_overrides, "tracking.experiment=quickstart"])
+    stage(2, stages, f"training {config.name} ({config.model.architecture}) for {config.trainer.max_epochs} epochs")
     from stride.pipelines.train import train
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     result = train(config, tracking_uri=uri)
+    print(f"      test accuracy {result.test_metrics['test_acc']:.2%}, run {result.run_id}")
+    summary = [("test accuracy", f"{result.test_metrics['test_acc']:.2%} on "
+                                 f"{int(result.test_metrics.get('test_samples', 0)) or 'the'} held-out digits"),
+               ("MLflow run id", str(result.run_id)), ("model", str(result.model_uri))]
+    if not args.skip_search:
+        summary += search_promote_predict(workdir, shards, data_overrides, uri, stages)
+    summary += [("total time", f"{time.perf_counter() - started:.0f} s"), ("open the UI", ui_command(uri))]
     print()
-    print(f"test accuracy : {result.test_metrics['test_acc']:.2%} on {len(range(360))} held-out digits")
-    print(f"MLflow run id : {result.run_id}")
-    print(f"model         : {result.model_uri}")
-    print(f"total time    : {time.perf_counter() - started:.0f} s")
-    print(f"open the UI   : {ui_command(uri)}")
+    for label, value in summary:
+        print(f"{label:<14}: {value}")
     return 0
+
+
+def search_promote_predict(workdir: Path, shards: Path, data_overrides: list[str], uri: str, stages: int
+                           ) -> list[tuple[str, str]]:
+    from stride.registry import format_table, predict_files, promote_best, write_sample_images
+    from stride.tuning import run_search
+
+    stage(3, stages, "searching channels x learning rate with ASHA on a local Ray (4 trials)")
+    search = run_search("quickstart-search", overrides=data_overrides, tracking_uri=uri,
+                        storage=str(workdir / "ray_results"), verbose=0)
+    print(search.table())
+    stage(4, stages, f"promoting the search's best run to the registry as {MODEL_NAME}@champion")
+    promotion = promote_best(uri, search_id=search.parent_run_id, model_name=MODEL_NAME)
+    print(promotion.summary())
+    stage(5, stages, f"predicting test images with models:/{MODEL_NAME}@champion")
+    samples = write_sample_images(shards, workdir / "predict-examples", count=4)
+    rows = predict_files(promotion.model_uri, [path for path, _ in samples], top_k=3, tracking_uri=uri)
+    print(format_table(rows))
+    correct = sum(row.label == truth for row, (_, truth) in zip(rows, samples))
+    best = "no finished trial" if search.best_metric is None else f"best val_acc {search.best_metric:.4f}"
+    return [("search", f"{search.parent_run_id} ({best}, {search.wall_time_s:.0f} s)"),
+            ("champion", promotion.model_uri), ("predictions", f"{correct}/{len(rows)} sample images right"),
+            ("predict", f"stride predict --model {promotion.model_uri} IMAGE.png --tracking-uri {uri}")]
