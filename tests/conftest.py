@@ -14,6 +14,10 @@ import pytest
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+# Every Ray in the tests (ray.init, `ray start` subprocesses, job clients) on 127.0.0.1 without token
+# auth, decided before Ray is first imported: Ray reads the mode once per process, so a mode switched
+# later by one test would leave clusters and clients of later tests disagreeing.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def free_port() -> int:

@@ -58,3 +58,10 @@ def test_bad_files_are_named(tmp_path):
     no_model.write_text("data: {path: x}\n")
     with pytest.raises(StrideError, match=r"no_model.yaml: invalid config: model: required"):
         load_config(str(no_model))
+
+
+def test_repeated_set_flags_accumulate():
+    from stride.pipelines.cli import build_parser
+
+    args = build_parser().parse_args(["train", "digits-cnn", "--set", "optim.lr=0.1", "--set", "model.channels=8"])
+    assert args.overrides == ["optim.lr=0.1", "model.channels=8"]

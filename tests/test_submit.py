@@ -24,11 +24,9 @@ class Outcome:
 
 
 @pytest.fixture
-def stride(capsys, monkeypatch):
+def stride(capsys):
     """The CLI in-process (Ray's job SDK imports once instead of once per command)."""
     from stride.pipelines.cli import main
-
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # the client may switch it on; undone afterwards
 
     def run(*args: str) -> Outcome:
         capsys.readouterr()

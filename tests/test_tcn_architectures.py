@@ -81,12 +81,13 @@ def test_causal(block, padding, schedule):
 
 
 @pytest.mark.parametrize("block", BLOCKS)
-def test_left_padding_equals_symmetric_trim(block):
+@pytest.mark.parametrize("length", [64, 3])  # 3: dilation 4 exceeds the sequence (the 1x1 shortcut)
+def test_left_padding_equals_symmetric_trim(block, length):
     left = small_tcn(block=block, padding="left", dilation_schedule="exponential")
     trim = small_tcn(block=block, padding="symmetric_trim", dilation_schedule="exponential")
     torch.nn.init.normal_(left.head.weight)  # make the copy below matter
     trim.load_state_dict(left.state_dict())
-    x = torch.randn(3, 2, 64)
+    x = torch.randn(3, 2, length)
     with torch.no_grad():
         torch.testing.assert_close(left.features(x), trim.features(x))
         torch.testing.assert_close(left(x), trim(x))

@@ -105,13 +105,16 @@ class ConvUnit(nn.Module):
 
     `left` pads d(k-1) zeros on the left only (the author's smart padding, sec. 7.3);
     `symmetric_trim` pads both sides and drops the last d(k-1) outputs (Bai et al.).
-    Both compute the same numbers with the same weights.
+    Both compute the same numbers with the same weights. With `left`, a dilation at least
+    the sequence length leaves every tap but the current one in the zero padding, so the
+    conv is computed as the 1x1 conv it then is (exponential schedules on short sequences).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int,
                  dropout: float, padding: str, weight_norm: bool):
         super().__init__()
         self.pad = dilation * (kernel_size - 1)
+        self.dilation = dilation
         self.padding = padding
         conv_padding = self.pad if padding == "symmetric_trim" else 0
         self.conv = _maybe_norm(nn.Conv1d(in_channels, out_channels, kernel_size,
@@ -120,7 +123,9 @@ class ConvUnit(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.padding == "left":
+        if self.padding == "left" and self.dilation >= x.shape[-1]:
+            y = nn.functional.conv1d(x, self.conv.weight[:, :, -1:], self.conv.bias)
+        elif self.padding == "left":
             y = self.conv(nn.functional.pad(x, (self.pad, 0)))
         else:
             y = self.conv(x)

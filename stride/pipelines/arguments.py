@@ -11,7 +11,7 @@ from stride.errors import StrideError
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", nargs="?", help="built-in recipe name (see `stride recipes`)")
     parser.add_argument("--config", help="YAML config file (instead of a recipe)")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted overrides, e.g. optim.lr=0.01 trainer.max_epochs=5")
 
 

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:  # Lightning's INFO lines (accelerators found, tips) are noise on every run
+        logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
     except StrideError as err:

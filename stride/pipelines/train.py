@@ -11,6 +11,7 @@ import logging
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +35,11 @@ from stride.tracking.plots import plot_confusion_matrix, plot_learning_curves
 from stride.tracking.store import resolve_tracking_uri, use_store
 
 log = logging.getLogger(__name__)
+
+# Known-harmless warnings of the pinned libraries, printed on every run: the shard streams split
+# themselves across loader workers (so their __len__ is exact), and Lightning's own pytree use.
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 @dataclass

@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--list", action="store_true", help="list the built-in search specs")
     parser.add_argument("--resume", metavar="NAME", help="continue the interrupted search NAME from --storage")
     parser.add_argument("--name", help="name of this search in --storage and MLflow (default: SPEC-DATE-TIME)")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="overrides for the base training config, e.g. data.path=shards/digits")
     parser.add_argument("--num-samples", type=int, help="override the spec's num_samples")
     parser.add_argument("--scheduler", choices=["asha", "fifo", "pbt"], help="override the spec's scheduler")

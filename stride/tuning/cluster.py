@@ -76,13 +76,15 @@ def check_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
                           "or pass another --address / RAY_ADDRESS") from None
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, state_api: bool = False) -> bool:
+def connect(address: str | None = None, *, num_cpus: int | None = None, state_api: bool = False,
+            log_to_driver: bool = True) -> bool:
     """Attach to `address` (or $RAY_ADDRESS), else start an embedded local Ray.
 
     Returns True when this call started Ray (the caller shuts it down); an already
     initialised Ray (tests, a Ray job's driver) is reused as is. An embedded Ray starts
     without its dashboard (half a minute on 2 cores) unless `state_api` is needed: Ray
     Train's placement-group cleaner polls it, and warns every second without it.
+    `log_to_driver=False` keeps the workers' output in Ray's log files (quiet drivers).
     """
     import ray
 
@@ -94,6 +96,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, state_ap
     # "local": a new embedded instance, never a leftover `ray start` cluster Ray would otherwise pick up
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus,
                                                          "include_dashboard": state_api}
+    kwargs["log_to_driver"] = log_to_driver
     try:
         ray.init(**kwargs)
     except (ConnectionError, TimeoutError, RuntimeError) as err:

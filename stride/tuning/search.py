@@ -110,7 +110,7 @@ def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tra
     if read_record(storage, name) is not None:
         raise StrideError(f"search {name!r} already exists in {storage}; continue it with --resume {name} "
                           "or choose another --name")
-    owns_ray = connect(address, state_api=resources.workers > 1)
+    owns_ray = connect(address, state_api=resources.workers > 1, log_to_driver=verbose > 0)
     try:
         concurrency = max_concurrency(resources, search.spec.max_concurrent_trials)
         parent = runs.start_parent(uri, base.tracking.experiment, name, search.spec.model_dump(mode="json"),
@@ -143,7 +143,7 @@ def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | N
     uri, parent = record["tracking_uri"], record["parent_run_id"]
     check_reachable(uri)
     resources = TrialResources(**record["resources"])
-    owns_ray = connect(address, state_api=resources.workers > 1)
+    owns_ray = connect(address, state_api=resources.workers > 1, log_to_driver=verbose > 0)
     try:
         from ray import tune
 
