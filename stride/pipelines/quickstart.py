@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from stride.config import load_config
-from stride.datamodules.manifest import MANIFEST_NAME
+from stride.datamodules.manifest import MANIFEST_NAME, read_manifest
 from stride.datamodules.sources.digits import prepare_digits
 from stride.pipelines.arguments import add_tracking_argument
 from stride.tracking.store import resolve_tracking_uri, ui_command
@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = train(config, tracking_uri=uri)
     print(f"      test accuracy {result.test_metrics['test_acc']:.2%}, run {result.run_id}")
-    summary = [("test accuracy", f"{result.test_metrics['test_acc']:.2%} on "
-                                 f"{int(result.test_metrics.get('test_samples', 0)) or 'the'} held-out digits"),
+    test_count = read_manifest(shards).splits["test"].num_samples
+    summary = [("test accuracy", f"{result.test_metrics['test_acc']:.2%} on {test_count} held-out digits"),
                ("MLflow run id", str(result.run_id)), ("model", str(result.model_uri))]
     if not args.skip_search:
         summary += search_promote_predict(workdir, shards, data_overrides, uri, stages)
