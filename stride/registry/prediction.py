@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from stride.errors import StrideError
 from stride.registry.client import connect
 from stride.registry.references import ModelReference, class_names, describe_model, load_network
+from stride.text_table import align_columns
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_MODES = {1: "L", 3: "RGB"}
@@ -98,7 +99,5 @@ def predict_files(model_uri: str, files: list[str | Path], top_k: int = 3,
 
 def format_table(rows: list[Prediction]) -> str:
     header = ("file", "class", "probability", "top-k")
-    body = [(r.file, r.label, f"{r.probability:.4f}", "  ".join(f"{n}:{p:.3f}" for n, p in r.top_k)) for r in rows]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(3)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3]
-                     for row in [header, *body])
+    return align_columns([header, *((r.file, r.label, f"{r.probability:.4f}",
+                                     "  ".join(f"{n}:{p:.3f}" for n, p in r.top_k)) for r in rows)])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from stride.tracking.plots import plt  # Agg backend already selected there
+from stride.text_table import align_columns
 from stride.tuning.spec import Dimension
 
 FIXED_COLUMNS = ["rank", "trial_id", "run_id", "status", "epochs"]
@@ -48,11 +49,7 @@ def format_table(rows: list[dict[str, Any]], header: list[str]) -> str:
         return "" if value is None else str(value)
 
     header = [h for h in header if h not in ("run_id",)] + ["run_id"]
-    table = [[cell(r.get(h)) for h in header] for r in rows]
-    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table]
-    return "\n".join(lines)
+    return align_columns([header, *([cell(r.get(h)) for h in header] for r in rows)])
 
 
 def plot_metric_vs_params(rows: list[dict[str, Any]], dimensions: list[Dimension], metric: str,

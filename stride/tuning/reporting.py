@@ -44,7 +44,10 @@ class ReportEpochs(pl.Callback):
             metrics[RUN_ID_KEY] = active.info.run_id
         folder = Path(tempfile.mkdtemp(prefix="stride-report-"))
         try:
-            trainer.save_checkpoint(folder / CHECKPOINT_FILE, weights_only=False)  # collective under DDP; rank 0 writes
+            # The full training state (weights, optimiser, loops) so a restarted trial resumes exactly;
+            # it is read back only by `trainer.fit(ckpt_path=..., weights_only=True)` in train.py, which
+            # refuses anything but tensors and plain containers. Collective under DDP; rank 0 writes.
+            trainer.save_checkpoint(folder / CHECKPOINT_FILE)
             self.report(metrics, str(folder) if trainer.is_global_zero else None)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
