@@ -11,22 +11,19 @@ from stride.pipelines.arguments import add_tracking_argument
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("registry", help="list registered models, show one, roll back a promotion")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="registered models with their aliases")
-    add_tracking_argument(listing)
-    listing.set_defaults(handler=run_list)
-    show = actions.add_parser("show", help="versions, aliases, lineage and metrics of one model")
-    show.add_argument("name")
-    add_tracking_argument(show)
-    show.set_defaults(handler=run_show)
-    back = actions.add_parser("rollback", help="make @previous the champion again (and the champion @previous)")
-    back.add_argument("name")
-    back.add_argument("--alias", default="champion")
-    add_tracking_argument(back)
-    back.set_defaults(handler=run_rollback)
-    unlock = actions.add_parser("unlock", help="remove a promotion lock left by a process that died")
-    unlock.add_argument("name")
-    add_tracking_argument(unlock)
-    unlock.set_defaults(handler=run_unlock)
+    for action, help_text, handler in [
+        ("list", "registered models with their aliases", run_list),
+        ("show", "versions, aliases, lineage and metrics of one model", run_show),
+        ("rollback", "make @previous the champion again (and the champion @previous)", run_rollback),
+        ("unlock", "remove a promotion lock left by a process that died", run_unlock),
+    ]:
+        command = actions.add_parser(action, help=help_text)
+        if action != "list":
+            command.add_argument("name")
+        if action == "rollback":
+            command.add_argument("--alias", default="champion")
+        add_tracking_argument(command)
+        command.set_defaults(handler=handler)
 
 
 def _aliases(model) -> str:
