@@ -9,7 +9,7 @@ from stride.benchmarking import BenchReport
 from stride.config import load_config
 from stride.lightning_modules.classification import ClassificationModule
 from stride.pipelines.cli import main
-from stride.pipelines.speed import apply_speed_options, resolve_channels_last, resolve_precision
+from stride.training.speed import apply_speed_options, resolve_channels_last, resolve_precision
 
 
 def bench_json(capsys, *argv: str) -> dict:
@@ -66,9 +66,10 @@ def test_text_report_and_missing_dataset(capsys, tmp_path):
 def test_auto_speed_options_on_cpu(digits_shards):
     config = load_config("digits-cnn", [f"data.path={digits_shards}", "trainer.accelerator=cpu"])
     assert config.trainer.precision == "auto" and resolve_precision(config.trainer) == "32-true"
-    from stride.pipelines.tasks import build_datamodule, build_module
+    from stride.tasks import DataFacts, get_task
 
-    module = build_module(config, build_datamodule(config))
+    task = get_task(config.task)
+    module = task.module(config, DataFacts.of(task.datamodule(config)))
     assert resolve_channels_last(config.trainer, module.network) is False
     config.trainer.channels_last = True
     apply_speed_options(module, config.trainer)

@@ -83,15 +83,16 @@ def test_predict_files_takes_any_model_uri(mlflow_server, champion, runs, files)
     from mlflow import MlflowClient
 
     run = MlflowClient(mlflow_server).get_run(runs.better)
-    by_alias = predict_files(champion, [files["png"]], top_k=1, tracking_uri=mlflow_server)
-    by_version = predict_files(f"models:/{MODEL}/1", [files["png"]], top_k=1, tracking_uri=mlflow_server)
-    by_logged = predict_files(run.data.tags["stride.model_uri"], [files["png"]], tracking_uri=mlflow_server)
-    by_run = predict_files(f"runs:/{runs.better}/model", [files["png"]], tracking_uri=mlflow_server)
+    by_alias, _ = predict_files(champion, [files["png"]], top_k=1, tracking_uri=mlflow_server)
+    by_version, _ = predict_files(f"models:/{MODEL}/1", [files["png"]], top_k=1, tracking_uri=mlflow_server)
+    by_logged, _ = predict_files(run.data.tags["stride.model_uri"], [files["png"]], tracking_uri=mlflow_server)
+    by_run, table = predict_files(f"runs:/{runs.better}/model", [files["png"]], tracking_uri=mlflow_server)
     assert {r[0].label for r in (by_alias, by_version, by_logged, by_run)} == {by_alias[0].label}
     assert by_logged[0].probability == pytest.approx(by_alias[0].probability)
+    assert table.splitlines()[0].split() == ["file", "class", "probability", "top-k"]
 
 
-@pytest.mark.parametrize("case", ["shape", "unreadable", "alias", "model", "uri", "server"])
+@pytest.mark.parametrize("case", ["shape", "unreadable", "absent", "folder", "alias", "model", "uri", "server"])
 def test_predict_bad_input_fails_clearly(case, mlflow_server, champion, files, tmp_path, capsys):
     model, path, server = champion, files["png"], mlflow_server
     if case == "shape":
@@ -102,6 +103,12 @@ def test_predict_bad_input_fails_clearly(case, mlflow_server, champion, files, t
         path = tmp_path / "truncated.png"
         path.write_bytes(files["png"].read_bytes()[:20])
         message = f"{path}: not a readable PNG/JPEG image"
+    elif case == "absent":
+        path = tmp_path / "absent.png"
+        message = f"{path}: no such file"
+    elif case == "folder":
+        path = tmp_path
+        message = f"{path}: is a folder; give the files in it"
     elif case == "alias":
         model, message = f"models:/{MODEL}@staging", f"model '{MODEL}' has no alias @staging (it has @champion (v1))"
     elif case == "model":

@@ -14,9 +14,14 @@ from PIL import Image
 
 from stride.errors import StrideError
 from stride.pipelines.cli import main
-from stride.registry.evaluation import EvaluationResult
-from stride.registry.prediction import read_input
 from stride.registry.promotion import gate
+from stride.tasks import Evaluation, TensorSpec, get_task
+
+CLASSIFICATION = get_task("classification")
+
+
+def read_input(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    return CLASSIFICATION.read_input(path, TensorSpec(shape))
 
 EXPERIMENT = "registry-tests"
 
@@ -35,26 +40,30 @@ def trained_runs(tracking_uri: str, shards: Path, workdir: Path) -> TrainedRuns:
     """Two real training runs, a clearly worse and a better one, trained once per test session as the trials of
     a search (nested under its parent run and tagged with its id, as `stride tune` records them)."""
     from stride.config import load_config
-    from stride.pipelines.train import train
-    from stride.tracking.store import use_store
+    from stride.tracking.run import MlflowRun
+    from stride.tracking.store import ensure_experiment
+    from stride.training import train
+
+    def train_trial(config) -> str:
+        with MlflowRun(tracking_uri, config, parent_run_id=search, tags=trial_tags) as run:
+            train(config, callbacks=run.callbacks, loggers=[run.logger])
+        return run.run_id
 
     client = MlflowClient(tracking_uri)
-    experiment_id = use_store(tracking_uri, EXPERIMENT)
+    experiment_id = ensure_experiment(tracking_uri, EXPERIMENT)
     search = client.create_run(experiment_id, run_name="search").info.run_id
     trial_tags = {"stride.search_id": search}
     base = [f"data.path={shards}", "model.channels=8", "data.batch_size=128", "trainer.enable_progress_bar=false",
             f"trainer.checkpoint_dir={workdir / 'checkpoints'}", f"tracking.experiment={EXPERIMENT}"]
-    worse = train(load_config("digits-cnn", base + ["trainer.max_epochs=1", "optim.lr=0.0001"]),
-                  tracking_uri=tracking_uri, parent_run_id=search, extra_tags=trial_tags)
-    better = train(load_config("digits-cnn", base + ["trainer.max_epochs=2"]), tracking_uri=tracking_uri,
-                   parent_run_id=search, extra_tags=trial_tags)
+    worse = train_trial(load_config("digits-cnn", base + ["trainer.max_epochs=1", "optim.lr=0.0001"]))
+    better = train_trial(load_config("digits-cnn", base + ["trainer.max_epochs=2"]))
     bare = client.create_run(experiment_id, tags={"stride.task": "classification", **trial_tags,
                                                   "mlflow.parentRunId": search}, run_name="no-model")
     client.log_metric(bare.info.run_id, "best_val_acc", 0.999)
     client.log_metric(bare.info.run_id, "val_acc", 0.999)
     client.set_terminated(bare.info.run_id, "FINISHED")
     client.set_terminated(search, "FINISHED")
-    return TrainedRuns(worse.run_id, better.run_id, bare.info.run_id, search, EXPERIMENT)
+    return TrainedRuns(worse, better, bare.info.run_id, search, EXPERIMENT)
 
 
 @pytest.fixture(scope="module")
@@ -80,17 +89,30 @@ def registry_state(tracking_uri: str) -> dict[str, tuple]:
     return state
 
 
-def _evaluation(accuracy: float) -> EvaluationResult:
-    return EvaluationResult(accuracy, 0.0, 100, np.zeros((2, 2)), ["a", "b"], "/d", "sha", "test")
+def _evaluation(accuracy: float) -> Evaluation:
+    return Evaluation("test", {"test_acc": accuracy, "test_loss": 0.0}, 100, "/d", "sha")
 
 
 def test_gate_needs_a_strict_gain_of_at_least_min_delta():
-    assert gate(_evaluation(0.5), None, 0.0)[0]
-    assert gate(_evaluation(0.91), _evaluation(0.90), 0.0)[0]
-    assert not gate(_evaluation(0.90), _evaluation(0.90), 0.0)[0]  # a tie never replaces the champion
-    assert not gate(_evaluation(0.91), _evaluation(0.90), 0.02)[0]
-    passed, text = gate(_evaluation(0.80), _evaluation(0.90), 0.0)
-    assert not passed and "0.8000" in text and "0.9000" in text
+    task = CLASSIFICATION
+    assert gate(task, _evaluation(0.5), None, 0.0)[0]
+    assert gate(task, _evaluation(0.91), _evaluation(0.90), 0.0)[0]
+    assert not gate(task, _evaluation(0.90), _evaluation(0.90), 0.0)[0]  # a tie never replaces the champion
+    assert not gate(task, _evaluation(0.91), _evaluation(0.90), 0.02)[0]
+    passed, text = gate(task, _evaluation(0.80), _evaluation(0.90), 0.0)
+    assert not passed and "0.8000" in text and "0.9000" in text and "test_acc" in text
+
+
+def test_gate_reads_the_task_quality_and_its_direction():
+    """A task whose quality is lower-is-better gates the other way, with no change to promotion code."""
+    class LowerIsBetter(type(CLASSIFICATION)):
+        quality, quality_mode = "loss", "min"
+
+    def evaluation(loss: float) -> Evaluation:
+        return Evaluation("test", {"test_acc": 0.5, "test_loss": loss}, 10, "/d", "sha")
+
+    assert gate(LowerIsBetter(), evaluation(0.2), evaluation(0.3), 0.05)[0]
+    assert not gate(LowerIsBetter(), evaluation(0.3), evaluation(0.2), 0.0)[0]
 
 
 def test_images_of_any_size_become_the_model_input(tmp_path: Path):
@@ -111,7 +133,6 @@ def test_images_of_any_size_become_the_model_input(tmp_path: Path):
      r"flat.npy: array has shape \[28, 28\], the model expects \[1, 28, 28\]"),
     ("broken.png", b"not an image", r"broken.png: not a readable PNG/JPEG image"),
     ("notes.txt", b"hello", r"notes.txt: unsupported file type .txt"),
-    ("absent.png", None, r"absent.png: no such file"),
 ])
 def test_bad_files_are_named_with_what_was_expected(tmp_path: Path, name, content, message):
     path = tmp_path / name

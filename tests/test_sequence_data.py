@@ -17,7 +17,7 @@ from stride.datamodules.sequence_shards import prepare_sequences
 from stride.errors import StrideError
 from stride.lightning_modules.sequence_view import SequenceView, pixel_permutation
 from stride.pipelines.cli import main
-from stride.pipelines.tasks import build_datamodule, build_network
+from stride.tasks import DataFacts, get_task
 
 
 def test_sequential_view_is_row_major():
@@ -37,6 +37,11 @@ def test_permuted_view_is_one_fixed_permutation_from_its_seed():
     assert "order" in view.state_dict()  # travels with checkpoints and the exported model
 
 
+def build_network(config):
+    task = get_task(config.task)
+    return task.network(config, DataFacts.of(task.datamodule(config)))
+
+
 def sequence_config(digits_shards: Path, *overrides: str):
     return load_config("tcn-digits", [f"data.path={digits_shards}", "model.channels=4", "model.num_blocks=2",
                                       *overrides])
@@ -45,8 +50,8 @@ def sequence_config(digits_shards: Path, *overrides: str):
 def test_permutation_is_the_same_for_train_val_and_test(digits_shards):
     """One network (and so one permutation buffer) sees every split; rebuilding from the config repeats it."""
     config = sequence_config(digits_shards, "data.sequence_view=permuted", "data.permutation_seed=3")
-    datamodule = build_datamodule(config)
-    first, second = build_network(config, datamodule), build_network(config, datamodule)
+    datamodule = get_task(config.task).datamodule(config)
+    first, second = build_network(config), build_network(config)
     views = [m for m in first.modules() if isinstance(m, SequenceView)]
     assert len(views) == 1 and views[0].permuted
     assert torch.equal(views[0].order, pixel_permutation(784, 3))
@@ -58,12 +63,12 @@ def test_permutation_is_the_same_for_train_val_and_test(digits_shards):
 def test_short_receptive_field_is_warned(digits_shards, caplog):
     config = sequence_config(digits_shards, "model.kernel_size=2", "model.dilation_schedule=constant")
     with caplog.at_level(logging.WARNING):
-        build_network(config, build_datamodule(config))
+        build_network(config)
     assert "receptive field of tcn is 5 steps but sequences have 784" in caplog.text
     caplog.clear()
     config = sequence_config(digits_shards, "model.num_blocks=8", "model.dilation_schedule=exponential")
     with caplog.at_level(logging.WARNING):
-        build_network(config, build_datamodule(config))
+        build_network(config)
     assert "receptive field" not in caplog.text
 
 
@@ -116,7 +121,7 @@ def test_npz_explicit_splits_and_class_names_train_end_to_end(tmp_path, mlflow_s
                                         "optim.lr=0.01", "schedule.warmup=none",
                                         f"trainer.checkpoint_dir={tmp_path / 'ckpt'}", "trainer.enable_progress_bar=false",
                                         "tracking.experiment=tests-sequences", "tracking.log_model=false"])
-    from stride.pipelines.train import train
+    from stride.pipelines.train import train_and_record as train
 
     result = train(config, tracking_uri=mlflow_server)
     assert result.test_metrics["test_acc"] > 0.8
@@ -159,8 +164,11 @@ def test_sequence_task_on_sequence_manifest_and_mismatch(tmp_path, digits_shards
     x, y = np.zeros((20, 1, 8), np.float32), np.arange(20) % 2
     prepare_sequences(write_npz(tmp_path / "s.npz", x=x, y=y), tmp_path / "seq")
     config = load_config("tcn-digits", [f"data.path={tmp_path / 'seq'}", "model.num_blocks=2"])
-    assert isinstance(build_datamodule(config), SequenceClassificationData)
+    assert isinstance(get_task(config.task).datamodule(config), SequenceClassificationData)
     image_task = load_config("digits-cnn", [f"data.path={tmp_path / 'seq'}"])
     with pytest.raises(StrideError, match="sequence_classification"):
-        build_datamodule(image_task)
+        get_task(image_task.task).datamodule(image_task)
+    permuted = load_config("tcn-digits", [f"data.path={tmp_path / 'seq'}", "data.sequence_view=permuted"])
+    with pytest.raises(StrideError, match="data.sequence_view=permuted: .* already holds sequences"):
+        get_task(permuted.task).datamodule(permuted)
     json.loads((tmp_path / "seq" / "manifest.json").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stride.config import load_config
-from stride.pipelines.train import train
+from stride.pipelines.train import train_and_record as train
 
 
 @pytest.fixture(scope="module")

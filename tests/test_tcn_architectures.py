@@ -1,4 +1,4 @@
-"""TCN and recurrent baselines (MODELS.md A2): causality, padding equivalence, receptive fields, sizes."""
+"""TCN and recurrent baselines (docs/models.md, A2): causality, padding equivalence, receptive fields, sizes."""
 
 import itertools
 
@@ -27,7 +27,7 @@ def test_registered_for_sequence_classification():
 
 
 def test_dilation_schedules():
-    # The author's code (MODELS.md A2): floor(1 + 1.4(b-1)) over 12 blocks, 1 + 3(b-1) over 6.
+    # The author's code (docs/models.md, A2): floor(1 + 1.4(b-1)) over 12 blocks, 1 + 3(b-1) over 6.
     assert dilations("linear", 12) == [1, 2, 3, 5, 6, 8, 9, 10, 12, 13, 15, 16]
     assert dilations("linear", 12) == dilations("linear:1.4", 12)
     assert dilations("linear", 6) == [1, 4, 7, 10, 13, 16] == dilations("linear:3", 6)

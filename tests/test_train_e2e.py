@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from stride.config import load_config
+from stride.datamodules.manifest import manifest_sha256
 from stride.errors import StrideError
-from stride.pipelines.train import train
+from stride.pipelines.train import train_and_record as train
+from stride.training.checkpoints import describe_checkpoint, load_module
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +32,13 @@ def test_run_records_params_metrics_tags_and_artifacts(trained, mlflow_server, d
     assert run.data.params["model.architecture"] == "digits_cnn"
     assert run.data.metrics["test_acc"] == pytest.approx(trained.test_metrics["test_acc"])
     assert run.data.metrics["test_samples"] == 360
-    assert [m.step for m in client.get_metric_history(trained.run_id, "val_acc")] == [0, 1, 2]
+    steps = [m.step for m in client.get_metric_history(trained.run_id, "val_acc")]  # Lightning's global steps
+    assert len(steps) == 3 and steps == sorted(steps) and steps[0] > 0  # one value per epoch
     assert len(client.get_metric_history(trained.run_id, "train_loss")) == 3
-    from stride.datamodules.manifest import manifest_sha256
-
+    assert int(run.data.params["model.num_params"]) == sum(p.numel() for p in load_module(
+        trained.outcome.best_checkpoint)[1].parameters())
+    [dataset] = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "digits" and manifest_sha256(digits_shards).startswith(dataset.dataset.digest)
     assert run.data.tags["dataset.manifest_sha256"] == manifest_sha256(digits_shards)
     assert run.data.tags["stride.version"] and run.data.tags["stride.model_uri"] == trained.model_uri
     artifacts = {a.path for a in client.list_artifacts(trained.run_id)} | {
@@ -58,9 +63,23 @@ def test_logged_model_loads_back_and_predicts(trained, mlflow_server, digits_sha
     assert (probabilities.argmax(1) == labels.numpy()).mean() > 0.5
 
 
-def test_best_checkpoint_is_weights_only_loadable(trained):
-    state = torch.load(trained.best_checkpoint, map_location="cpu", weights_only=True)
+def test_best_checkpoint_is_weights_only_loadable_and_describes_itself(trained, digits_shards):
+    path = trained.outcome.best_checkpoint
+    state = torch.load(path, map_location="cpu", weights_only=True)
     assert any(key.startswith("network.") for key in state["state_dict"])
+    config, facts = describe_checkpoint(path)  # the checkpoint alone: task, architecture, hyper-parameters, data
+    assert (config.task, config.model.architecture, config.model.params["channels"]) == ("classification",
+                                                                                         "digits_cnn", 8)
+    assert facts.input_shape == (1, 28, 28) and facts.num_classes == 10 and facts.normalization
+    _, module = load_module(path)
+    module.eval()
+    from stride.datamodules.image_classification import ImageClassificationData
+
+    data = ImageClassificationData(digits_shards, batch_size=360)
+    data.setup("test")
+    images, labels = next(iter(data.loader("test")))
+    accuracy = (module(images.float() / 255).argmax(1) == labels).float().mean().item()
+    assert accuracy == pytest.approx(trained.test_metrics["test_acc"], abs=1e-6)
 
 
 def test_unreachable_tracking_server_fails_before_training(tiny_overrides):

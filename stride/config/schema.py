@@ -32,7 +32,7 @@ class DataConfig(Section):
     normalize: Literal["dataset", "none"] = "dataset"  # dataset: mean/std recorded in the manifest
     augment: AugmentConfig = AugmentConfig()
     pin_memory: bool = True
-    # sequence_classification over image shards: pixels as a sequence (MODELS.md A2)
+    # sequence_classification over image shards: pixels as a sequence (docs/models.md, A2)
     sequence_view: Literal["sequential", "permuted"] = "sequential"
     permutation_seed: int = 0  # the one fixed permutation of the permuted view
 
@@ -82,7 +82,7 @@ class TrainerConfig(Section):
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: PositiveInt | Literal["auto"] = 1
     strategy: str = "auto"
-    # auto: bf16-mixed on CUDA GPUs that support it, 32-true elsewhere (see stride.pipelines.speed)
+    # auto: bf16-mixed on CUDA GPUs that support it, 32-true elsewhere (see stride.training.speed)
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed", "64-true"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"  # auto: on for networks with 2-d convolutions on a GPU
     compile: bool = False  # torch.compile the network for training (the logged model stays uncompiled)

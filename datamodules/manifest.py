@@ -1,0 +1,121 @@
+"""`manifest.json`: what a sharded dataset holds and how to check it.
+
+One manifest per dataset folder. It records the format version, the dataset's name
+and source, the parameters that produced it, the sample schema (one entry per tar
+member extension), class names, normalisation statistics of the training split, and
+for every split its shards with their sample counts, byte sizes and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
+
+from stride.errors import StrideError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class ShardEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    num_samples: NonNegativeInt
+    num_bytes: NonNegativeInt
+    sha256: str
+
+
+class SplitEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_samples: NonNegativeInt
+    shards: list[ShardEntry]
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format_version: int = FORMAT_VERSION
+    dataset: str
+    task: str
+    source: dict[str, Any]
+    parameters: dict[str, Any]
+    sample_schema: dict[str, dict[str, Any]]  # tar member extension -> description
+    class_names: list[str] = []
+    stats: dict[str, list[float]] = {}  # e.g. per-channel mean/std of the training split, pixels in [0, 1]
+    skipped_samples: dict[str, int] = {}  # reason -> count; never silently dropped
+    splits: dict[str, SplitEntry]
+    stride_version: str = ""
+
+    def split(self, name: str) -> SplitEntry:
+        try:
+            return self.splits[name]
+        except KeyError:
+            raise StrideError(f"dataset {self.dataset!r} has no split {name!r} (has: {', '.join(self.splits)})") from None
+
+
+def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_sha256(root: Path) -> str:
+    """Identity of a dataset: the hash of its manifest (which hashes every shard)."""
+    return sha256_of(Path(root) / MANIFEST_NAME)
+
+
+def read_manifest(root: str | Path) -> Manifest:
+    path = Path(root) / MANIFEST_NAME
+    if not path.is_file():
+        hint = "" if Path(root).exists() else " (the folder does not exist; create it with `stride data prepare`)"
+        raise StrideError(f"no dataset at {root}: {path} not found{hint}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StrideError(f"{path}: not valid JSON ({err})") from None
+    if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
+        raise StrideError(f"{path}: format_version {data.get('format_version')!r} is not supported "
+                          f"(expected {FORMAT_VERSION})")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise StrideError(f"{path}: invalid manifest at {key}: {first['msg']}") from None
+
+
+_VERIFIED: set[tuple] = set()  # datasets whose shards this process has hashed, with their sizes and mtimes
+
+
+def verify_shards(root: str | Path, manifest: Manifest, splits: list[str] | None = None,
+                  checksums: bool = True) -> None:
+    """Raise naming the first shard that is missing, of the wrong size, or whose sha256 differs.
+
+    Sizes are checked every time; the sha256 of a dataset's shards once per process (again if
+    any shard's size or modification time changed since).
+    """
+    root = Path(root)
+    shards = [shard for split_name in splits or list(manifest.splits) for shard in manifest.split(split_name).shards]
+    seen = []
+    for shard in shards:
+        path = root / shard.name
+        if not path.is_file():
+            raise StrideError(f"shard {path} listed in {root / MANIFEST_NAME} is missing")
+        stat = path.stat()
+        if stat.st_size != shard.num_bytes:
+            raise StrideError(f"shard {path} has {stat.st_size} bytes, the manifest says {shard.num_bytes} "
+                              "(truncated or replaced?)")
+        seen.append((shard.name, shard.sha256, stat.st_size, stat.st_mtime_ns))
+    key = (str(root.resolve()), tuple(seen))
+    if not checksums or key in _VERIFIED:
+        return
+    for shard in shards:
+        path = root / shard.name
+        if sha256_of(path) != shard.sha256:
+            raise StrideError(f"shard {path}: sha256 does not match {root / MANIFEST_NAME} (corrupted?)")
+    _VERIFIED.add(key)

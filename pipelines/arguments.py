@@ -1,0 +1,38 @@
+"""Arguments shared by several commands, and turning them into a validated config."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from stride.errors import StrideError
+
+if TYPE_CHECKING:
+    from stride.config import StrideConfig
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", nargs="?", help="built-in recipe name (see `stride recipes`)")
+    parser.add_argument("--config", help="YAML config file (instead of a recipe)")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. optim.lr=0.01 trainer.max_epochs=5")
+
+
+def add_tracking_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local "
+                        "store ./mlruns.db)")
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster address HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS, "
+                        "else an embedded local Ray)")
+    parser.add_argument("--storage", default="ray_results", help="folder or URI for trial checkpoints and search "
+                        "state; shared by all nodes on a multi-node cluster (default: ./ray_results)")
+
+
+def config_from_args(args: argparse.Namespace) -> "StrideConfig":
+    from stride.config import load_config
+
+    if bool(args.recipe) == bool(args.config):
+        raise StrideError("give either a recipe name or --config FILE (see `stride recipes`)")
+    return load_config(args.config or args.recipe, args.overrides)

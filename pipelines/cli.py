@@ -1,0 +1,65 @@
+"""The `stride` command line.
+
+Each command lives in its own module exposing `register(subparsers)`, which adds its
+parser and sets `handler`; this file only lists the modules and dispatches. Modules are
+imported lazily by their handlers, so `stride --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from stride.errors import StrideError
+
+COMMAND_MODULES = [
+    "stride.pipelines.prepare",
+    "stride.pipelines.recipes",
+    "stride.pipelines.train",
+    "stride.pipelines.quickstart",
+    "stride.pipelines.tune",
+    "stride.pipelines.submit",
+    "stride.pipelines.promote",
+    "stride.pipelines.registry",
+    "stride.pipelines.evaluate",
+    "stride.pipelines.predict",
+    "stride.pipelines.bench",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stride import __version__
+
+    parser = argparse.ArgumentParser(prog="stride", description="Train, tune, track and serve CNNs and TCNs.")
+    parser.add_argument("--version", action="version", version=f"stride {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:  # INFO lines of Lightning (accelerators, tips) and MLflow (database set-up) on every run
+        logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow when first imported, in workers too
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        return int(args.handler(args) or 0)
+    except StrideError as err:
+        if args.verbose:
+            raise
+        print(f"stride: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stride: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""`stride evaluate`: a model's metrics on one split of a dataset, with a confusion matrix in MLflow.
+
+Each evaluation is recorded as a new run in the `evaluations` experiment (the training run
+stays as it finished), tagged with the model URI, the registry version and the dataset's
+manifest sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from stride.pipelines.arguments import add_tracking_argument
+
+EXPERIMENT = "evaluations"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("evaluate", help="evaluate a logged or registered model on a dataset split")
+    parser.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, "
+                                                        "models:/m-<id> or runs:/RUN_ID/model")
+    parser.add_argument("--data", required=True, help="dataset folder (holds manifest.json)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--experiment", default=EXPERIMENT, help=f"where the evaluation run goes ({EXPERIMENT})")
+    add_tracking_argument(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stride.registry.client import connect
+    from stride.registry.evaluation import evaluate_network
+    from stride.registry.references import describe_model, load_network
+    from stride.tasks import get_task
+
+    client = connect(args.tracking_uri)
+    ref = describe_model(client, args.model)
+    task = get_task(ref.task)
+    data = task.evaluation_data(args.data)
+    result = evaluate_network(task, load_network(ref), data, args.split, model_uri=args.model,
+                              input_shape=ref.input_shape)
+    run_id, link = log_evaluation(task, ref, result, args.experiment, args.tracking_uri)
+    print(f"model    : {args.model}" + (f" (version {ref.version})" if ref.version else ""))
+    print(f"data     : {result.dataset_path} [{args.split}]")
+    for key, value in result.metrics.items():
+        print(f"{key.removeprefix(args.split + '_'):<9}: {value:.4f}" if not key.endswith("_samples")
+              else f"samples  : {result.samples}")
+    print(f"logged   : run {run_id} in experiment {args.experiment!r} (plots/)")
+    print(f"MLflow   : {link}")
+    return 0
+
+
+def log_evaluation(task, ref, result, experiment: str, tracking_uri: str | None) -> tuple[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    from stride.tracking.store import ensure_experiment, resolve_tracking_uri, ui_hint
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    tags = {"stride.evaluated_model": ref.uri, "dataset.path": result.dataset_path,
+            "dataset.manifest_sha256": result.dataset_sha256, "stride.split": result.split, "stride.task": ref.task}
+    if ref.run_id:
+        tags["stride.evaluated_run_id"] = ref.run_id
+    if ref.version:
+        tags.update({"stride.registered_model": ref.registered_name, "stride.model_version": ref.version})
+    experiment_id = ensure_experiment(uri, experiment)
+    run_id = client.create_run(experiment_id, run_name=f"evaluate {ref.uri}", tags=tags).info.run_id
+    for key, value in result.metrics.items():
+        client.log_metric(run_id, key, value)
+    with tempfile.TemporaryDirectory() as tmp:
+        for png in task.evaluation_figures(result, Path(tmp), ref.uri):
+            client.log_artifact(run_id, str(png), "plots")
+    client.set_terminated(run_id)
+    return run_id, ui_hint(uri, experiment_id, run_id)

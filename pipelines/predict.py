@@ -1,0 +1,33 @@
+"""`stride predict`: class probabilities for image or .npy files from any logged or registered model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from stride.pipelines.arguments import add_tracking_argument
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("predict", help="predict the classes of image (PNG/JPEG) or .npy files",
+                                 description="Images of any size are converted as the training data were "
+                                             "(grayscale or RGB per the model's channels, resized to its H x W, "
+                                             "scaled to [0, 1]); .npy arrays must have the model's input shape.")
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, "
+                                                        "models:/m-<id> or runs:/RUN_ID/model")
+    parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per file (default 3)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_tracking_argument(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stride.registry import predict_files
+
+    rows, table = predict_files(args.model, args.files, top_k=args.top_k, tracking_uri=args.tracking_uri)
+    if args.json:
+        print(json.dumps({"model": args.model, "predictions": [r.as_dict() for r in rows]}, indent=2))
+    else:
+        print(table)
+    return 0

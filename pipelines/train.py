@@ -1,0 +1,90 @@
+"""`stride train`: one config -> a Lightning run recorded in MLflow.
+
+Everything that can be checked (config, dataset manifest and shards, tracking store) is
+checked before the first step. Only global rank 0 talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stride.pipelines.arguments import add_config_arguments, add_ray_arguments, add_tracking_argument, config_from_args
+
+if TYPE_CHECKING:  # the heavy imports happen in the handlers, so `stride --help` stays fast
+    from stride.config.schema import StrideConfig
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("train", help="train one config and record it in MLflow")
+    add_config_arguments(parser)
+    add_tracking_argument(parser)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="N > 1: DDP over N Ray Train workers (embedded Ray, or --address)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    add_ray_arguments(parser)
+    parser.set_defaults(handler=run_command)
+
+
+@dataclass
+class RecordedTraining:
+    """A training and where it is recorded (rank 0; other DDP ranks record nothing)."""
+
+    outcome: Any  # stride.training.TrainOutcome
+    tracking_uri: str
+    run_id: str | None = None
+    experiment_id: str | None = None
+    model_uri: str | None = None
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        return self.outcome.test_metrics
+
+
+def train_and_record(config: "StrideConfig", *, tracking_uri: str | None = None) -> RecordedTraining:
+    """`stride train`'s launcher: check the data and the store, then the core with an MLflow run."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from stride.tracking.run import MlflowRun
+    from stride.tracking.store import check_reachable, resolve_tracking_uri
+    from stride.training import Launch, open_datamodule, train
+
+    uri = resolve_tracking_uri(tracking_uri or config.tracking.uri)
+    check_reachable(uri)
+    open_datamodule(config)  # every shard hashed before a run exists (once: the core then reuses it)
+    if rank_zero_only.rank != 0:  # a DDP rank started by Lightning's launcher: rank 0 records
+        return RecordedTraining(train(config), uri)
+    with MlflowRun(uri, config) as run:
+        launch = Launch(checkpoint_dir=str(Path(config.trainer.checkpoint_dir) / run.run_id))
+        outcome = train(config, callbacks=run.callbacks, loggers=[run.logger], launch=launch)
+    return RecordedTraining(outcome, uri, run.run_id, run.experiment_id, run.model_uri)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from stride.tracking.store import ui_hint
+
+    config = config_from_args(args)
+    if args.workers > 1:
+        from stride.tuning.distributed import train_with_ray
+
+        result = train_with_ray(config, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                                gpus_per_worker=args.gpus_per_worker, tracking_uri=args.tracking_uri,
+                                address=args.address, storage=args.storage)
+        print(f"run {result.run_id}: {format_metrics(result.test_metrics)} ({args.workers} Ray Train workers)")
+        print(f"MLflow: {ui_hint(result.tracking_uri, result.experiment_id, result.run_id)}")
+        return 0
+    result = train_and_record(config, tracking_uri=args.tracking_uri)
+    if result.run_id:
+        print(f"run {result.run_id}: {format_metrics(result.outcome.test_metrics)} "
+              f"({result.outcome.wall_time_s:.1f} s)")
+        if result.model_uri:
+            print(f"model: {result.model_uri}")
+        print(f"MLflow: {ui_hint(result.tracking_uri, result.experiment_id, result.run_id)}")
+    return 0
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))

@@ -1,0 +1,42 @@
+"""The model card: a registered version's description, in markdown."""
+
+from __future__ import annotations
+
+from mlflow.entities import Run
+
+from stride.tasks import Evaluation
+
+
+def model_card(model_name: str, alias: str, run: Run, evaluation: Evaluation, config_sha256: str,
+               gate: str) -> str:
+    tags, params = run.data.tags, run.data.params
+    rows = [("task", tags.get("stride.task", "?")),
+            ("architecture", f"{tags.get('stride.architecture', '?')} (recipe {tags.get('stride.recipe', '?')})"),
+            ("data", f"{tags.get('dataset.name', '?')} at `{evaluation.dataset_path}`, manifest sha256 "
+                     f"`{evaluation.dataset_sha256[:16]}`"),
+            ("training run", f"`{run.info.run_id}`, config sha256 `{config_sha256[:16]}`, git "
+                             f"`{tags.get('git.commit', 'unknown')[:12]}`"),
+            ("optimiser", f"{params.get('optim.name', '?')} lr {params.get('optim.lr', '?')}, "
+                          f"{params.get('trainer.max_epochs', '?')} epochs"),
+            (f"{evaluation.split} evaluation", evaluation.summary()),
+            ("promotion", gate)]
+    table = "\n".join(f"| {key} | {value} |" for key, value in rows)
+    uri = f"models:/{model_name}@{alias}"
+    return f"""### {model_name}
+
+| | |
+| --- | --- |
+{table}
+
+Input and output: see the model's signature (images are float32 scaled to [0, 1]; normalisation
+is inside the network).
+
+```python
+import mlflow.pytorch
+model = mlflow.pytorch.load_model("{uri}")
+```
+
+```bash
+stride predict --model {uri} image.png
+```
+"""

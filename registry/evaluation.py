@@ -1,0 +1,48 @@
+"""Evaluating a logged model on one split of a stride dataset, every sample exactly once.
+
+The model evaluated is the logged MLflow model itself (what the registry serves), fed the
+batches its task's datamodule makes, so the numbers are comparable with the run's own test
+metrics. What is measured is the task's business (`Task.evaluate`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from stride.datamodules.image_classification import ShardedDataModule
+from stride.datamodules.manifest import manifest_sha256
+from stride.errors import StrideError
+from stride.tasks import Evaluation, Task
+
+
+def check_dataset_identity(path: str | Path, expected_sha256: str | None, run_id: str) -> str:
+    """The dataset's manifest sha256, if it is the one the run was trained on; else a StrideError."""
+    actual = manifest_sha256(Path(path))
+    if expected_sha256 and actual != expected_sha256:
+        raise StrideError(f"dataset {path} has manifest sha256 {actual[:12]}..., but run {run_id} was trained on "
+                          f"{expected_sha256[:12]}... (dataset.manifest_sha256); point --data at the dataset the "
+                          "run used")
+    return actual
+
+
+def check_input_shape(model_shape: tuple[int, ...], data: ShardedDataModule, model_uri: str) -> None:
+    if tuple(model_shape) != tuple(data.input_shape):
+        raise StrideError(f"model {model_uri} takes inputs of shape {list(model_shape)}, but dataset {data.root} "
+                          f"holds samples of shape {list(data.input_shape)}")
+
+
+@torch.no_grad()
+def evaluate_network(task: Task, network: torch.nn.Module, data: ShardedDataModule, split: str = "test",
+                     model_uri: str = "model", input_shape: tuple[int, ...] | None = None) -> Evaluation:
+    """Stream `split` once through an exported network and check every sample was seen."""
+    if input_shape is not None:
+        check_input_shape(input_shape, data, model_uri)
+    data.manifest.split(split)
+    data.setup("test")  # verifies shard sizes and checksums
+    evaluation = task.evaluate(network, data, split, model_uri)
+    expected = data.manifest.split(split).num_samples
+    if evaluation.samples != expected:
+        raise StrideError(f"{data.root}: evaluated {evaluation.samples} {split} samples, the manifest lists {expected}")
+    return evaluation

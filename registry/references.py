@@ -1,0 +1,127 @@
+"""What a model URI points at: its run, registry version, input shape and class names.
+
+Accepted URIs: `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-<id>` (a logged
+model) and `runs:/RUN_ID/PATH`. Class names come from the registered version's
+`stride.class_names` tag (written at promotion), else from the manifest of the dataset the
+run was trained on, else they are the class indices.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from stride.datamodules.manifest import read_manifest
+from stride.errors import StrideError
+from stride.registry.client import mlflow_errors
+from stride.registry.lock import is_lock
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES_TAG = "stride.class_names"
+TASK_TAG = "stride.task"
+URI_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id> or runs:/RUN_ID/model"
+_REGISTERED = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+@dataclass
+class ModelReference:
+    uri: str
+    run_id: str | None
+    input_shape: tuple[int, ...]  # without the batch dimension
+    num_classes: int | None
+    task: str = "classification"  # the training run's task (stride.task), which knows how to use the model
+    registered_name: str | None = None
+    version: str | None = None
+    version_tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pinned_uri(self) -> str:
+        """The exact version behind an alias, so later alias moves cannot change what was loaded."""
+        return f"models:/{self.registered_name}/{self.version}" if self.version else self.uri
+
+
+def _registered_version(client: MlflowClient, uri: str):
+    match = _REGISTERED.match(uri)
+    if not match:  # models:/m-<id>, a logged model
+        return None
+    name = match["name"]
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models() if not is_lock(m))
+        raise StrideError(f"model URI {uri}: no registered model {name!r} (registered: "
+                          f"{', '.join(known) or 'none'}; see `stride registry list`)") from None
+    try:
+        if match["alias"]:
+            return client.get_model_version_by_alias(name, match["alias"])
+        return client.get_model_version(name, match["version"])
+    except MlflowException:
+        aliases = client.get_registered_model(name).aliases
+        have = ", ".join(f"@{a} (v{v})" for a, v in sorted(aliases.items())) or "no aliases"
+        missing = f"alias @{match['alias']}" if match["alias"] else f"version {match['version']}"
+        raise StrideError(f"model URI {uri}: model {name!r} has no {missing} (it has {have})") from None
+
+
+def describe_model(client: MlflowClient, uri: str) -> ModelReference:
+    """Resolve `uri` without downloading weights; StrideError for malformed or unknown URIs."""
+    if not uri.startswith(("models:/", "runs:/")):
+        raise StrideError(f"model URI {uri!r} is not supported (use {URI_FORMS})")
+    version = _registered_version(client, uri) if uri.startswith("models:/") else None
+    try:
+        info = mlflow.models.get_model_info(f"models:/{version.name}/{version.version}" if version else uri)
+    except MlflowException as err:
+        raise StrideError(f"model URI {uri}: not found ({err.message}); expected {URI_FORMS}") from None
+    except OSError as err:
+        raise StrideError(f"model URI {uri}: cannot read its MLmodel file ({err})") from None
+    signature = info.signature
+    if signature is None or not signature.inputs.inputs or signature.inputs.inputs[0].shape is None:
+        raise StrideError(f"model {uri} has no tensor input signature; log it with stride (tracking.log_model)")
+    input_shape = tuple(int(d) for d in signature.inputs.inputs[0].shape[1:])
+    outputs = signature.outputs.inputs if signature.outputs else []
+    num_classes = int(outputs[0].shape[-1]) if outputs and getattr(outputs[0], "shape", None) else None
+    run_id = (version.run_id if version else None) or info.run_id
+    task = (version.tags.get(TASK_TAG) if version else None) or _run_tag(client, run_id, TASK_TAG) or "classification"
+    return ModelReference(uri=uri, run_id=run_id, input_shape=input_shape, num_classes=num_classes, task=task,
+                          registered_name=version.name if version else None,
+                          version=str(version.version) if version else None,
+                          version_tags=dict(version.tags) if version else {})
+
+
+def _run_tag(client: MlflowClient, run_id: str | None, key: str) -> str | None:
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id).data.tags.get(key)
+    except MlflowException:
+        return None
+
+
+def load_network(ref: ModelReference) -> torch.nn.Module:
+    """The logged inference network (softmax included), on CPU."""
+    import mlflow.pytorch
+
+    with mlflow_errors(f"loading model {ref.uri}"):
+        return mlflow.pytorch.load_model(ref.pinned_uri)
+
+
+def class_names(client: MlflowClient, ref: ModelReference) -> list[str]:
+    if CLASS_NAMES_TAG in ref.version_tags:
+        return json.loads(ref.version_tags[CLASS_NAMES_TAG])
+    names: list[str] = []
+    if ref.run_id:
+        try:
+            path = client.get_run(ref.run_id).data.tags.get("dataset.path")
+            names = read_manifest(path).class_names if path else []
+        except (MlflowException, StrideError) as err:
+            log.info("class names of %s unavailable (%s); using indices", ref.uri, err)
+    if ref.num_classes and len(names) != ref.num_classes:
+        names = [str(i) for i in range(ref.num_classes)]
+    return names

@@ -1,0 +1,231 @@
+"""Classification of images, and of sequences (stored sequences, or images read pixel by pixel).
+
+Both tasks share one LightningModule and one network recipe: the registered backbone with
+the dataset's normalisation (and, for images read as sequences, the sequence view) folded
+in front, so the exported model takes exactly what the dataset stores, scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from stride.architectures import build
+from stride.config.loading import config_to_dict
+from stride.config.schema import StrideConfig
+from stride.datamodules.image_classification import ImageClassificationData, ShardedDataModule
+from stride.datamodules.manifest import read_manifest
+from stride.datamodules.sequence_classification import SequenceClassificationData
+from stride.errors import StrideError
+from stride.lightning_modules.classification import ClassificationModule
+from stride.lightning_modules.normalize import Normalize
+from stride.lightning_modules.sequence_view import SequenceView
+from stride.plots import plot_confusion_matrix, plot_learning_curves
+from stride.tasks import DataFacts, Evaluation, ExportedModel, Task, TensorSpec, register_task
+from stride.text_table import align_columns
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH_SIZE = 256
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_MODES = {1: "L", 3: "RGB"}
+
+
+@dataclass
+class Prediction:
+    file: str
+    label: str
+    probability: float
+    top_k: list[tuple[str, float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "class": self.label, "probability": self.probability,
+                "top_k": [{"class": name, "probability": p} for name, p in self.top_k]}
+
+
+def _datamodule_for(path: str | Path, **kwargs: Any) -> ShardedDataModule:
+    """Sequence shards or image shards, whichever the manifest says the dataset holds."""
+    if read_manifest(path).task == "sequence_classification":
+        return SequenceClassificationData(path, **kwargs)
+    return ImageClassificationData(path, **kwargs)
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    dataset_tasks = ("classification",)
+
+    # -- training ---------------------------------------------------------------------------
+    def datamodule(self, config: StrideConfig, **overrides: Any) -> ShardedDataModule:
+        data = config.data
+        manifest_task = read_manifest(data.path).task
+        if manifest_task not in self.dataset_tasks:
+            raise StrideError(f"{data.path}: dataset task is {manifest_task!r}, but task {self.name!r} trains on "
+                              f"{' or '.join(map(repr, self.dataset_tasks))} datasets")
+        kwargs: dict[str, Any] = dict(batch_size=data.batch_size, eval_batch_size=data.eval_batch_size,
+                                      num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
+                                      pin_memory=data.pin_memory, seed=config.trainer.seed, normalize=data.normalize)
+        kwargs.update(overrides)
+        if manifest_task == "sequence_classification":
+            return SequenceClassificationData(data.path, **kwargs)
+        return ImageClassificationData(data.path, random_shift_px=data.augment.random_shift_px,
+                                       horizontal_flip=data.augment.horizontal_flip, **kwargs)
+
+    def network(self, config: StrideConfig, facts: DataFacts) -> nn.Module:
+        """Normalisation (and the task's input view) folded in front of the backbone: the network
+        takes what the dataset stores."""
+        layers: list[nn.Module] = []
+        if facts.normalization:
+            layers.append(Normalize(list(facts.normalization[0]), list(facts.normalization[1])))
+        view, input_shape = self.input_view(config, facts)
+        layers += view
+        backbone = build(config.model.architecture, input_shape=input_shape, num_classes=facts.num_classes,
+                         **config.model.params)
+        warn_if_receptive_field_short(config, backbone, input_shape[-1])
+        return nn.Sequential(*layers, backbone)
+
+    def input_view(self, config: StrideConfig, facts: DataFacts) -> tuple[list[nn.Module], tuple[int, ...]]:
+        """Layers between normalisation and backbone, and the input shape the backbone then sees."""
+        return [], facts.input_shape
+
+    def module(self, config: StrideConfig, facts: DataFacts) -> ClassificationModule:
+        description = {"config": config_to_dict(config), "data": facts.as_dict()}
+        return ClassificationModule(self.network(config, facts), facts.num_classes, config.optim, config.schedule,
+                                    description=description)
+
+    def figures(self, module: ClassificationModule, facts: DataFacts, history: list[dict[str, float]],
+                folder: Path, title: str) -> list[Path]:
+        made = []
+        if history:
+            made.append(plot_learning_curves(history, folder / "learning_curves.png"))
+        if module.confusion_matrix is not None:
+            made.append(plot_confusion_matrix(module.confusion_matrix.numpy(), list(facts.class_names),
+                                              folder / "confusion_matrix_test.png", title=f"{title} test"))
+        return made
+
+    def export(self, module: ClassificationModule, facts: DataFacts) -> ExportedModel:
+        """Logits -> class probabilities, what predict and evaluate consume."""
+        network = nn.Sequential(module.network, nn.Softmax(dim=1)).cpu().eval()
+        return ExportedModel(network, TensorSpec(tuple(facts.input_shape)), TensorSpec((facts.num_classes,)))
+
+    # -- the registry -----------------------------------------------------------------------
+    def evaluation_data(self, path: str | Path) -> ShardedDataModule:
+        return _datamodule_for(path, batch_size=EVAL_BATCH_SIZE, num_workers=0, pin_memory=False)
+
+    @torch.no_grad()
+    def evaluate(self, network: nn.Module, data: ShardedDataModule, split: str, model: str) -> Evaluation:
+        """Stream `split` once through a probability-output network: accuracy, loss, confusion matrix."""
+        num_classes = data.num_classes
+        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        total_loss = 0.0
+        for batch in data.loader(split):
+            inputs, labels = data.on_after_batch_transfer(batch, 0)  # e.g. uint8 -> [0, 1], no augmentation
+            probabilities = network(inputs.float())
+            if probabilities.shape[-1] != num_classes:
+                raise StrideError(f"model {model} predicts {probabilities.shape[-1]} classes, dataset {data.root} "
+                                  f"has {num_classes}")
+            picked = probabilities.gather(1, labels[:, None]).squeeze(1)
+            total_loss += float(-torch.log(picked.clamp_min(1e-12)).sum())
+            np.add.at(confusion, (labels.numpy(), probabilities.argmax(1).numpy()), 1)
+        samples = int(confusion.sum())
+        metrics = {f"{split}_acc": float(np.trace(confusion)) / max(1, samples),
+                   f"{split}_loss": total_loss / max(1, samples), f"{split}_samples": float(samples)}
+        return Evaluation(split, metrics, samples, str(Path(data.root).absolute()), data.dataset_sha256,
+                          details={"confusion_matrix": confusion, "class_names": list(data.manifest.class_names)})
+
+    def evaluation_figures(self, evaluation: Evaluation, folder: Path, title: str) -> list[Path]:
+        return [plot_confusion_matrix(evaluation.details["confusion_matrix"], evaluation.details["class_names"],
+                                      folder / f"confusion_matrix_{evaluation.split}.png",
+                                      title=f"{title} {evaluation.split}")]
+
+    def read_input(self, path: Path, inputs: TensorSpec) -> np.ndarray:
+        """Images of any size converted as the training data were (mode L or RGB, resized bilinearly to
+        the model's H x W, scaled to [0, 1]); `.npy` arrays of the model's input shape (uint8 scaled by
+        1/255 like stored image shards, floats used as they are)."""
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            return read_array(path, inputs.shape)
+        if suffix in IMAGE_SUFFIXES:
+            return read_image(path, inputs.shape)
+        raise StrideError(f"{path}: unsupported file type {suffix or '(none)'} (use .png, .jpg, .jpeg or .npy)")
+
+    def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int) -> list[Prediction]:
+        rows = []
+        for file, probs in zip(files, outputs):
+            order = np.argsort(-probs)[:max(1, top_k)]
+            ranked = [(labels[i] if i < len(labels) else str(i), float(probs[i])) for i in order]
+            rows.append(Prediction(file, ranked[0][0], ranked[0][1], ranked))
+        return rows
+
+    def prediction_table(self, rows: list[Prediction]) -> str:
+        header = ("file", "class", "probability", "top-k")
+        return align_columns([header, *((r.file, r.label, f"{r.probability:.4f}",
+                                         "  ".join(f"{n}:{p:.3f}" for n, p in r.top_k)) for r in rows)])
+
+
+class SequenceClassificationTask(ClassificationTask):
+    """Sequences, stored as such or as images read pixel by pixel (sequential/permuted MNIST)."""
+
+    name = "sequence_classification"
+    dataset_tasks = ("sequence_classification", "classification")
+
+    def datamodule(self, config: StrideConfig, **overrides: Any) -> ShardedDataModule:
+        if config.data.sequence_view == "permuted" and read_manifest(config.data.path).task == self.name:
+            raise StrideError(f"data.sequence_view=permuted: {config.data.path} already holds sequences, whose "
+                              "order stride does not permute; permute them when you write the .npz, or use "
+                              "sequence_view: sequential")
+        return super().datamodule(config, **overrides)
+
+    def input_view(self, config: StrideConfig, facts: DataFacts) -> tuple[list[nn.Module], tuple[int, ...]]:
+        if facts.manifest_task != "classification":
+            return [], facts.input_shape
+        length = math.prod(facts.input_shape[1:])  # pixels as a sequence (docs/models.md, A2)
+        seed = config.data.permutation_seed if config.data.sequence_view == "permuted" else None
+        return [SequenceView(length, seed)], (facts.input_shape[0], length)
+
+
+def warn_if_receptive_field_short(config: StrideConfig, backbone: nn.Module, length: int) -> None:
+    """A causal net whose receptive field (docs/models.md, eq. 62) is shorter than the sequence classifies
+    from the last `receptive_field` steps only; that is legal but rarely intended."""
+    field = getattr(backbone, "receptive_field", None)
+    if field is not None and field < length:
+        log.warning("%s: the receptive field of %s is %d steps but sequences have %d; the first %d steps cannot "
+                    "influence the prediction (raise model.num_blocks, model.kernel_size or the dilations)",
+                    config.name, config.model.architecture, field, length, length - field)
+
+
+def read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    if len(shape) != 3 or shape[0] not in IMAGE_MODES:
+        raise StrideError(f"{path}: the model takes inputs of shape {list(shape)}, not images (1 or 3 x H x W); "
+                          "give a .npy array of that shape")
+    channels, height, width = shape
+    try:
+        with Image.open(path) as image:
+            converted = image.convert(IMAGE_MODES[channels]).resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(converted, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise StrideError(f"{path}: not a readable PNG/JPEG image ({err})") from None
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def read_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise StrideError(f"{path}: not a readable .npy array without pickled objects ({err})") from None
+    if tuple(array.shape) != tuple(shape):
+        raise StrideError(f"{path}: array has shape {list(array.shape)}, the model expects {list(shape)}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise StrideError(f"{path}: array dtype {array.dtype} is not numeric")
+    return array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+
+
+register_task(ClassificationTask())
+register_task(SequenceClassificationTask())

@@ -1,0 +1,55 @@
+"""Reading stride's Lightning checkpoints without unpickling, and rebuilding a module from one alone.
+
+Every checkpoint carries `hyper_parameters.stride`: the resolved config (task, architecture
+and its hyper-parameters, optimiser, ...) and the dataset facts the network was built for
+(input shape, classes, normalisation), all plain data, so `torch.load(weights_only=True)`
+reads it and the task rebuilds the exact module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from stride.config.loading import validate
+from stride.config.schema import StrideConfig
+from stride.errors import StrideError
+from stride.tasks import DataFacts, get_task
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise StrideError(f"checkpoint {path} cannot be loaded as stride weights: {err}") from None
+
+
+def load_weights(module: torch.nn.Module, path: str | Path) -> None:
+    state = read_checkpoint(path)
+    try:
+        module.load_state_dict(state["state_dict"])
+    except (KeyError, RuntimeError) as err:
+        raise StrideError(f"checkpoint {path} does not fit this network: {err}") from None
+
+
+def describe_checkpoint(path: str | Path) -> tuple[StrideConfig, DataFacts]:
+    """The config and dataset facts a checkpoint was trained with."""
+    state = read_checkpoint(path)
+    try:
+        description = state["hyper_parameters"]["stride"]
+        config = validate(description["config"], f"checkpoint {path}")
+        return config, DataFacts.from_dict(description["data"])
+    except (KeyError, TypeError) as err:
+        raise StrideError(f"checkpoint {path} does not describe itself (no hyper_parameters.stride.{err}); "
+                          "was it written by stride?") from None
+
+
+def load_module(path: str | Path) -> tuple[StrideConfig, pl.LightningModule]:
+    """The trained LightningModule of a checkpoint, from the checkpoint alone."""
+    config, facts = describe_checkpoint(path)
+    module = get_task(config.task).module(config, facts)
+    load_weights(module, path)
+    return config, module

@@ -1,0 +1,163 @@
+"""MLflow recording of one training, injected into the training core as a callback and a logger.
+
+    with MlflowRun(uri, config, parent_run_id=search_id) as run:
+        outcome = train(config, callbacks=run.callbacks, loggers=[run.logger])
+
+The run is created (or continued, for a restarted trial) explicitly here, with stride's
+tags and its parent for nesting. Metrics go through Lightning's own `MLFlowLogger` bound
+to that run; this callback adds what Lightning does not know: params, the resolved config,
+the dataset as an MLflow dataset input, and after testing the task's plots and the
+pickle-free model. Leaving the `with` block ends the run FINISHED, KILLED (interrupted) or
+FAILED. Only global rank 0 makes one: other DDP ranks pass no recorder.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytorch_lightning as pl
+from mlflow.entities import Dataset, DatasetInput, InputTag, Param
+from mlflow.tracking import MlflowClient
+from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.loggers import MLFlowLogger
+
+from stride import __version__
+from stride.config.loading import config_to_dict, config_to_yaml, flatten
+from stride.config.schema import StrideConfig
+from stride.tasks import DataFacts, get_task
+from stride.tracking.models import log_exported
+from stride.tracking.store import ensure_experiment
+from stride.training.history import EpochHistory
+
+PARENT_TAG = "mlflow.parentRunId"
+MODEL_URI_TAG = "stride.model_uri"
+MAX_PARAM_CHARS = 6000
+
+
+class RunMetricsLogger(MLFlowLogger):
+    """Lightning's MLflow logger for metrics, minus its ending of the run when fitting stops:
+    the run outlives the fit (testing, plots and the model come after)."""
+
+    def finalize(self, status: str = "success") -> None:
+        pass
+
+
+def git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def dataset_input(path: str, name: str, sha256: str) -> DatasetInput:
+    """The dataset as MLflow shows it in the runs table: name, manifest sha256 as digest, source path."""
+    digest = sha256[:32]  # MLflow stores at most 36 characters
+    dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": path}))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
+
+
+class MlflowRun(EpochHistory):
+    def __init__(self, uri: str, config: StrideConfig, *, run_name: str | None = None,
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None, run_id: str | None = None):
+        super().__init__()
+        self.uri, self.config = uri, config
+        self.client = MlflowClient(uri)
+        self.experiment_id = ensure_experiment(uri, config.tracking.experiment)
+        if run_id is None:
+            all_tags = {"stride.version": __version__, "stride.recipe": config.name, "stride.task": config.task,
+                        "stride.architecture": config.model.architecture, **config.tracking.tags, **(tags or {})}
+            if commit := git_commit():
+                all_tags["git.commit"] = commit
+            if parent_run_id:
+                all_tags[PARENT_TAG] = parent_run_id
+            run = self.client.create_run(self.experiment_id, run_name=run_name or config.tracking.run_name
+                                         or config.name, tags=all_tags)
+        else:  # a restarted trial continues its run
+            run = self.client.get_run(run_id)
+            self.client.update_run(run_id, status="RUNNING")
+        self.run_id: str = run.info.run_id
+        self._params_logged = set(run.data.params)
+        self.model_uri: str | None = None
+        self._ended = False
+        self._started_s = time.perf_counter()
+
+    # -- what the core is given ----------------------------------------------------------------
+    @property
+    def logger(self) -> MLFlowLogger:
+        return RunMetricsLogger(tracking_uri=self.uri, run_id=self.run_id)
+
+    @property
+    def callbacks(self) -> list[pl.Callback]:
+        return [self, LearningRateMonitor(logging_interval="epoch")]
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule = trainer.datamodule
+        params = {k: v for k, v in flatten(config_to_dict(self.config)).items() if k not in self._params_logged}
+        params["model.num_params"] = sum(p.numel() for p in pl_module.parameters())
+        fresh = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items() if k not in self._params_logged]
+        for start in range(0, len(fresh), 100):  # MLflow takes at most 100 params per call
+            self.client.log_batch(self.run_id, params=fresh[start:start + 100])
+        self._params_logged |= set(params)
+        path, sha = str(Path(datamodule.root).absolute()), datamodule.dataset_sha256
+        for key, value in {"dataset.path": path, "dataset.name": datamodule.manifest.dataset,
+                           "dataset.manifest_sha256": sha}.items():
+            self.client.set_tag(self.run_id, key, value)
+        self.client.log_text(self.run_id, config_to_yaml(self.config), "config.yaml")
+        self.client.log_inputs(self.run_id, datasets=[dataset_input(path, datamodule.manifest.dataset, sha)])
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After the best checkpoint was tested (the module holds its weights): plots and the model."""
+        checkpoint = trainer.checkpoint_callback
+        monitor = self.config.trainer.monitor
+        if checkpoint is not None and checkpoint.best_model_score is not None:
+            self.client.log_metric(self.run_id, f"best_{monitor}", float(checkpoint.best_model_score))
+            self.client.set_tag(self.run_id, "best_checkpoint", checkpoint.best_model_path)
+        task = get_task(self.config.task)
+        facts = DataFacts.of(trainer.datamodule)
+        with tempfile.TemporaryDirectory() as tmp:
+            for png in task.figures(pl_module, facts, self.history, Path(tmp), self.config.name):
+                self.client.log_artifact(self.run_id, str(png), "plots")
+        if self.config.tracking.log_model:
+            self.model_uri = self._log_model(task.export(pl_module, facts))
+            self.client.set_tag(self.run_id, MODEL_URI_TAG, self.model_uri)
+
+    def _log_model(self, exported: Any) -> str:
+        # MLflow links a logged model to the fluent active run only; make ours active just for this
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id):
+            return log_exported(exported)
+
+    # -- the run's end ---------------------------------------------------------------------------
+    def end(self, status: str = "FINISHED") -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if status == "FINISHED":
+            self.client.log_metric(self.run_id, "wall_time_s", time.perf_counter() - self._started_s)
+        self.client.set_terminated(self.run_id, status)
+
+    def __enter__(self) -> "MlflowRun":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+            return
+        # stopped (Ctrl-C, a scheduler ending a trial) is not failed
+        stopped = issubclass(exc_type, (KeyboardInterrupt, SystemExit))
+        try:
+            self.end("KILLED" if stopped else "FAILED")
+        except Exception:  # the tracking server may be what failed; the original error matters more
+            pass

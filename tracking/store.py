@@ -1,0 +1,95 @@
+"""Resolving and checking the MLflow tracking store.
+
+Default: an embedded local store in the working directory (SQLite `mlruns.db` plus an
+`mlartifacts/` folder), so nothing needs a server. `--tracking-uri` or
+`MLFLOW_TRACKING_URI` point elsewhere, e.g. a team server.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from stride.errors import StrideError
+
+LOCAL_DB = "mlruns.db"
+LOCAL_ARTIFACTS = "mlartifacts"
+
+
+def resolve_tracking_uri(explicit: str | None = None, workdir: str | Path | None = None) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(workdir or Path.cwd()).absolute() / LOCAL_DB}"
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:")
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where `ui_command` serves a local store
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that serves the MLflow UI on a local store (None: a server already serves it)."""
+    if is_local_store(uri):
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / LOCAL_ARTIFACTS
+        return (f"mlflow ui --backend-store-uri {uri} --default-artifact-root {artifacts.as_uri()} "
+                "--host 127.0.0.1 --port 5000")
+    return None
+
+
+def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment or run, in its runs view.
+
+    MLflow 3 opens experiments in the GenAI (traces) view unless the URL asks for
+    `workflowType=machine_learning`, which lands on the runs table with nested trials.
+    """
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}/{page}?workflowType=machine_learning"
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """What to print after a run: the link, preceded by the command that serves it where needed."""
+    command = ui_command(uri)
+    link = ui_link(uri, experiment_id, run_id)
+    return f"{link}  (serve it with: {command})" if command else link
+
+
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, before any training, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql", "databricks")) and "://" in uri:
+            raise StrideError(f"tracking URI {uri!r}: unsupported scheme (use http(s)://, sqlite:///, file://)")
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            if response.status != 200:
+                raise StrideError(f"MLflow server {uri} answered /health with HTTP {response.status}")
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise StrideError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or pass another "
+                          "--tracking-uri") from None
+
+
+def ensure_experiment(uri: str, experiment: str) -> str:
+    """The id of `experiment` in `uri`, created if needed (local artifacts beside a local DB)."""
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if is_local_store(uri):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / LOCAL_ARTIFACTS).as_uri()
+    try:
+        return client.create_experiment(experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return client.get_experiment_by_name(experiment).experiment_id

@@ -1,0 +1,161 @@
+"""Connecting to Ray (embedded or a cluster) and fitting trials to the cluster's resources.
+
+An address that does not answer fails within seconds instead of letting `ray.init` wait;
+resource requests the cluster can never satisfy fail before any trial is created, so no
+trial sits PENDING forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+from urllib.parse import urlparse
+
+from stride.errors import StrideError
+
+CONNECT_TIMEOUT_S = 5.0
+DEFAULT_PORTS = {"ray": 10001, "": 6379}
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What one trial uses in total: `cpus` and `gpus` split evenly over `workers` processes."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise StrideError(f"--workers-per-trial must be at least 1, got {self.workers}")
+        if self.cpus <= 0 or self.gpus < 0:
+            raise StrideError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got {self.cpus}, {self.gpus}")
+        per_worker = self.gpus / self.workers
+        if per_worker > 1 and not per_worker.is_integer():
+            raise StrideError(f"--gpus-per-trial {self.gpus:g} over {self.workers} workers gives {per_worker:g} "
+                              "GPUs per worker; use a fraction below 1 or a whole number per worker")
+
+    @property
+    def cpus_per_worker(self) -> float:
+        return self.cpus / self.workers
+
+    @property
+    def gpus_per_worker(self) -> float:
+        return self.gpus / self.workers
+
+    def trial_request(self) -> dict[str, float]:
+        """The Tune trial's own reservation. With workers > 1 the trial only drives a Ray Train run
+        whose workers reserve the resources themselves (Ray Train V2 + Tune)."""
+        if self.workers > 1:  # Tune needs a non-empty reservation: a token MiB of memory, no CPU
+            return {"cpu": 0, "memory": 2**20}
+        return {"cpu": self.cpus, "gpu": self.gpus}
+
+
+def address_from(explicit: str | None) -> str | None:
+    return explicit or os.environ.get("RAY_ADDRESS") or None
+
+
+def check_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A TCP connect to the GCS or Ray client port: fails fast where `ray.init` could hang."""
+    if address == "auto":
+        return
+    parsed = urlparse(address if "://" in address else f"//{address}")
+    if parsed.scheme in ("http", "https"):
+        raise StrideError(f"Ray address {address!r} looks like the dashboard (used by `stride submit`); "
+                          "`stride tune` needs the cluster address HOST:6379 or ray://HOST:10001")
+    host, port = parsed.hostname, parsed.port or DEFAULT_PORTS.get(parsed.scheme, 6379)
+    if not host:
+        raise StrideError(f"Ray address {address!r}: expected HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise StrideError(f"Ray cluster at {address} is unreachable ({err}); start it (`ray start --head`) "
+                          "or pass another --address / RAY_ADDRESS") from None
+
+
+# What an embedded search prints unless --verbose: stride's own progress lines, not Ray's.
+QUIET_TUNE_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",  # the new reporter prints its configuration box at any verbosity; the old, nothing at 0
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # a warning per checkpoint burst of short trials
+}
+QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)  # "token authentication is enabled"
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, state_api: bool = False,
+            verbose: bool = False) -> bool:
+    """Attach to `address` (or $RAY_ADDRESS), else start an embedded local Ray.
+
+    Returns True when this call started Ray (the caller shuts it down); an already
+    initialised Ray (tests, a Ray job's driver) is reused as is. An embedded Ray starts
+    without its dashboard (half a minute on 2 cores) unless `state_api` is needed: Ray
+    Train's placement-group cleaner polls it, and warns every second without it. Unless
+    `verbose`, Ray's INFO lines and the workers' output stay in Ray's log files; warnings
+    and errors still show.
+    """
+    import ray
+
+    # Tune's auto-added loggers include TensorBoard's (and its hint); stride adds the CSV and JSON
+    # loggers its leaderboard reads itself (tuning.search)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if not verbose:
+        for key, value in QUIET_TUNE_ENV.items():
+            os.environ.setdefault(key, value)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    if ray.is_initialized():
+        return False
+    address = address_from(address)
+    if address:
+        check_address(address)
+    # "local": a new embedded instance, never a leftover `ray start` cluster Ray would otherwise pick up
+    kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus,
+                                                         "include_dashboard": state_api}
+    kwargs.update(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, TimeoutError, RuntimeError) as err:
+        raise StrideError(f"cannot connect to the Ray cluster at {address or 'a new local instance'}: {err}") from None
+    return True
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, state_api: bool = False, verbose: bool = False) -> Iterator[None]:
+    """`connect` for the length of a block; shuts down only a Ray that this block started."""
+    owns_ray = connect(address, state_api=state_api, verbose=verbose)
+    try:
+        yield
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def cluster_totals() -> tuple[float, float]:
+    import ray
+
+    total = ray.cluster_resources()
+    return float(total.get("CPU", 0)), float(total.get("GPU", 0))
+
+
+def max_concurrency(resources: TrialResources, requested: int | None) -> int:
+    """How many trials fit at once; fails now if even one never can."""
+    cpus, gpus = cluster_totals()
+    where = f"the Ray cluster ({cpus:g} CPUs, {gpus:g} GPUs)"
+    if resources.gpus > 0 and gpus == 0:
+        raise StrideError(f"--gpus-per-trial {resources.gpus:g} asked for GPUs, but {where} has none; "
+                          "drop --gpus-per-trial or connect to a cluster with GPU nodes")
+    fits = [math.floor(cpus / resources.cpus + 1e-9)]
+    if resources.gpus > 0:
+        fits.append(math.floor(gpus / resources.gpus + 1e-9))
+    concurrency = min(fits)
+    if concurrency < 1:
+        raise StrideError(f"one trial needs {resources.cpus:g} CPUs and {resources.gpus:g} GPUs, more than {where} "
+                          "has; lower --cpus-per-trial/--gpus-per-trial or add nodes")
+    return min(concurrency, requested) if requested else concurrency

@@ -1,0 +1,77 @@
+"""One training inside Ray, the body shared by single-process Tune trials and Ray Train workers.
+
+It is the training core plus Ray's own Lightning callbacks (Tune's report callback in a
+trial, `RayTrainReportCallback` in a worker) and, on rank 0, the MLflow recorder. A
+restarted trial or worker group (crash, resume, PBT) continues from Ray's latest
+checkpoint and in the same MLflow run, found again by its `stride.run_key` tag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pytorch_lightning as pl
+
+from stride.config.schema import StrideConfig
+from stride.tracking.run import MlflowRun
+from stride.training import Launch, train
+from stride.tuning.runs import RUN_KEY_TAG, find_run
+
+TUNE_CHECKPOINT_FILE = "checkpoint.ckpt"
+
+
+@dataclass
+class TrainingJob:
+    """Everything one training inside Ray needs; travels to the trial or to every Train worker."""
+
+    config: StrideConfig
+    tracking_uri: str
+    run_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    extra_callbacks: Sequence[pl.Callback] = ()
+    use_gpu: bool = False
+
+
+def train_in_ray(job: TrainingJob, *, distributed: bool) -> None:
+    """The body of a single-process trial (`distributed=False`) or of one Ray Train worker."""
+    if distributed:
+        import ray.train
+        from ray.train.lightning import (RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback,
+                                         prepare_trainer)
+
+        rank = ray.train.get_context().get_world_rank()
+        report: pl.Callback = RayTrainReportCallback()
+        checkpoint, filename = ray.train.get_checkpoint(), RayTrainReportCallback.CHECKPOINT_NAME
+        launch = Launch(strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], devices="auto",
+                        accelerator="gpu" if job.use_gpu else "cpu", prepare=prepare_trainer)
+    else:
+        from ray import tune
+        from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
+
+        rank = 0
+        # after each epoch's validation: the epoch's metrics and the full trainer state, so a restarted
+        # trial resumes exactly (read back with weights_only=True by the core)
+        report = TuneReportCheckpointCallback(filename=TUNE_CHECKPOINT_FILE, on="train_epoch_end")
+        checkpoint, filename = tune.get_checkpoint(), TUNE_CHECKPOINT_FILE
+        launch = Launch()
+    launch.verify_checksums = False  # the search's driver hashed the shards; sizes are still checked
+    with contextlib.ExitStack() as stack:
+        if checkpoint is not None:
+            launch.resume_checkpoint = os.path.join(stack.enter_context(checkpoint.as_directory()), filename)
+        callbacks, loggers = [report, *job.extra_callbacks], []
+        if rank == 0:
+            run = stack.enter_context(MlflowRun(
+                job.tracking_uri, job.config, run_name=job.run_name, parent_run_id=job.parent_run_id,
+                tags={**job.tags, RUN_KEY_TAG: job.run_key}, run_id=find_run(job.tracking_uri, job.config, job.run_key)))
+            callbacks, loggers = [*run.callbacks, *callbacks], [run.logger]
+            launch.checkpoint_dir = str(Path(job.config.trainer.checkpoint_dir) / run.run_id)
+        train(job.config, callbacks=callbacks, loggers=loggers, launch=launch)
+
+

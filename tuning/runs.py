@@ -1,0 +1,103 @@
+"""MLflow bookkeeping of a search: the parent run, and finding or closing its trials' child runs.
+
+A child run is found again by its `stride.run_key` tag (search id + trial id), so a
+trial restarted after a crash, a resume or a PBT exploit step keeps logging into the run
+it started instead of opening a duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import yaml
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from stride import __version__
+from stride.config.schema import StrideConfig
+from stride.tracking.store import ensure_experiment
+
+RUN_KEY_TAG = "stride.run_key"
+SEARCH_ID_TAG = "stride.search_id"
+TRIAL_ID_TAG = "stride.trial_id"
+
+
+def trial_run_key(search_id: str, trial_id: str) -> str:
+    return f"{search_id}:{trial_id}"
+
+
+def find_run(uri: str, config: StrideConfig, key: str) -> str | None:
+    """The run of a training (a trial, a Ray Train run) by its run key, in the config's experiment."""
+    runs = MlflowClient(uri).search_runs([ensure_experiment(uri, config.tracking.experiment)],
+                                         filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def start_parent(uri: str, experiment: str, name: str, spec: dict, space: dict[str, str]) -> str:
+    """The search's parent run: spec as artifact, space and settings as params."""
+    client = MlflowClient(uri)
+    run = client.create_run(ensure_experiment(uri, experiment), run_name=name,
+                            tags={"stride.version": __version__, "stride.kind": "search",
+                                  "stride.search_spec": spec["name"], "stride.search_name": name})
+    run_id = run.info.run_id
+    client.set_tag(run_id, SEARCH_ID_TAG, run_id)
+    settings = {k: v for k, v in spec.items() if k not in ("space", "overrides", "scheduler")}
+    params = {**{f"space.{k}": v for k, v in space.items()}, **{f"search.{k}": v for k, v in settings.items()},
+              **{f"search.scheduler.{k}": v for k, v in spec["scheduler"].items()}}
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
+    client.log_text(run_id, yaml.safe_dump(spec, sort_keys=False), "search_spec.yaml")
+    return run_id
+
+
+def reopen_parent(uri: str, run_id: str) -> None:
+    MlflowClient(uri).update_run(run_id, status="RUNNING")
+
+
+def close_children(uri: str, search_id: str, status: str) -> None:
+    """Mark the search's child runs still RUNNING (their trial was stopped or interrupted) as `status`."""
+    client = MlflowClient(uri)
+    parent = client.get_run(search_id)
+    for run in client.search_runs([parent.info.experiment_id], max_results=10000,
+                                  filter_string=f"tags.`{SEARCH_ID_TAG}` = '{search_id}' and "
+                                                "attributes.status = 'RUNNING'"):
+        if run.info.run_id != search_id:
+            client.set_terminated(run.info.run_id, status)
+
+
+def child_runs(uri: str, search_id: str) -> dict[str, mlflow.entities.Run]:
+    """trial id -> child run."""
+    client = MlflowClient(uri)
+    parent = client.get_run(search_id)
+    runs = client.search_runs([parent.info.experiment_id], max_results=10000,
+                              filter_string=f"tags.`{SEARCH_ID_TAG}` = '{search_id}'")
+    return {r.data.tags[TRIAL_ID_TAG]: r for r in runs if TRIAL_ID_TAG in r.data.tags}
+
+
+class CloseStoppedTrialRuns(tune.Callback):
+    """Ends a trial's child run when Tune stops or fails the trial.
+
+    ASHA stops a function trial by raising inside `tune.report` and then terminating its
+    actor, which may kill the thread before it tells MLflow; the driver closes the run here
+    so no child stays RUNNING. A normally finished trial has already ended its run.
+    """
+
+    def __init__(self, uri: str, search_id: str, base: StrideConfig):
+        self.uri, self.search_id, self.base = uri, search_id, base
+
+    def _close(self, trial, status: str) -> None:
+        client = MlflowClient(self.uri)
+        run_id = find_run(self.uri, self.base, trial_run_key(self.search_id, trial.trial_id))
+        if run_id is None:
+            return
+        for _ in range(5):  # give a stopping trial a moment to end its run itself
+            if client.get_run(run_id).info.status != "RUNNING":
+                return
+            time.sleep(0.2)
+        client.set_terminated(run_id, status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._close(trial, "KILLED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._close(trial, "FAILED")

@@ -1,0 +1,285 @@
+"""Running a search end to end: checks, Ray Tune, the MLflow parent run, the leaderboard; and resuming.
+
+The experiment folder (`STORAGE/NAME/`) holds Tune's state plus `stride_search.json`
+(resolved spec, tracking URI, resources, parent run id), so `--resume NAME` continues the
+same search into the same parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+from mlflow.tracking import MlflowClient
+
+from stride.errors import StrideError
+from stride.tracking.store import check_reachable, resolve_tracking_uri
+from stride.training import open_datamodule
+from stride.tuning import leaderboard, runs
+from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
+from stride.tuning.space import TIME_ATTR
+from stride.tuning.spec import ResolvedSearch, load_search
+
+META_FILE = "stride_search.json"
+DEFAULT_STORAGE = "ray_results"
+
+
+@dataclass
+class SearchResult:
+    name: str
+    path: str
+    parent_run_id: str
+    tracking_uri: str
+    metric: str
+    best_trial_id: str | None
+    best_run_id: str | None
+    best_metric: float | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    interrupted: bool = False
+    experiment_id: str = ""
+
+    def table(self) -> str:
+        return leaderboard.format_table(self.rows, self.columns)
+
+
+def storage_root(storage: str) -> str:
+    return storage if "://" in storage else str(Path(storage).absolute())
+
+
+def _filesystem(storage: str):
+    """pyarrow filesystem and root path for a local folder or a URI (s3://, gs://), as Tune uses."""
+    import pyarrow.fs
+
+    if "://" in storage:
+        return pyarrow.fs.FileSystem.from_uri(storage)
+    return pyarrow.fs.LocalFileSystem(), storage
+
+
+def read_record(storage: str, name: str) -> dict[str, Any] | None:
+    import pyarrow.fs
+
+    fs, root = _filesystem(storage)
+    path = f"{root}/{name}/{META_FILE}"
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as handle:
+        return json.loads(handle.read().decode())
+
+
+def write_record(storage: str, name: str, record: dict[str, Any]) -> None:
+    fs, root = _filesystem(storage)
+    fs.create_dir(f"{root}/{name}", recursive=True)
+    with fs.open_output_stream(f"{root}/{name}/{META_FILE}") as handle:
+        handle.write(json.dumps(record, indent=1).encode())
+
+
+def list_searches(storage: str) -> list[str]:
+    import pyarrow.fs
+
+    fs, root = _filesystem(storage)
+    if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
+        return []
+    found = fs.get_file_info(pyarrow.fs.FileSelector(root))
+    return sorted(info.base_name for info in found if info.type == pyarrow.fs.FileType.Directory
+                  and fs.get_file_info(f"{info.path}/{META_FILE}").type == pyarrow.fs.FileType.File)
+
+
+def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tracking_uri: str | None = None,
+               storage: str = DEFAULT_STORAGE, name: str | None = None, address: str | None = None,
+               resources: TrialResources = TrialResources(), spec_overrides: dict[str, Any] | None = None,
+               extra_callbacks: Sequence[pl.Callback] = (), verbose: bool = False) -> SearchResult:
+    """Check everything, run the search on Ray, record it in MLflow and return the leaderboard.
+
+    `spec` is a built-in spec name, a YAML path or an already loaded search; `overrides`
+    are `--set` items for the base config (e.g. data.path=...); `spec_overrides` replace
+    spec fields (e.g. {"num_samples": 4}).
+    """
+    started = time.perf_counter()
+    search = spec if isinstance(spec, ResolvedSearch) else load_search(spec, list(overrides), spec_overrides)
+    base = search.config_for({}, "base")
+    uri = resolve_tracking_uri(tracking_uri or base.tracking.uri)
+    check_reachable(uri)
+    check_datasets(search)
+    storage = storage_root(storage)
+    name = name or f"{search.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if read_record(storage, name) is not None:
+        raise StrideError(f"search {name!r} already exists in {storage}; continue it with --resume {name} "
+                          "or choose another --name")
+    parent = None
+    try:
+        with ray_session(address, state_api=resources.workers > 1, verbose=verbose):
+            concurrency = max_concurrency(resources, search.spec.max_concurrent_trials)
+            parent = runs.start_parent(uri, base.tracking.experiment, name, search.spec.model_dump(mode="json"),
+                                       {d.key: d.describe() for d in search.dimensions})
+            write_record(storage, name, {"name": name, "search": search.to_dict(), "tracking_uri": uri,
+                                         "parent_run_id": parent, "resources": asdict(resources)})
+            tuner = _tuner(search, uri, parent, resources, storage, name, concurrency, extra_callbacks, verbose)
+            return _finish(tuner.fit(), search, uri, parent, name, storage, started)
+    except BaseException:
+        _close_after_crash(uri, parent)
+        raise
+
+
+def check_datasets(search: ResolvedSearch) -> None:
+    """Hash every dataset the trials read, once, here in the driver (trials then check sizes only)."""
+    paths = {search.config_for({}, "base").data.path}
+    for dim in search.dimensions:
+        if dim.key == "data.path":
+            paths |= set(dim.args)
+    for path in sorted(paths):
+        open_datamodule(search.config_for({"data.path": path} if path else {}, "base"))
+
+
+def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | None = None,
+                  extra_callbacks: Sequence[pl.Callback] = (), verbose: bool = False) -> SearchResult:
+    """Continue an interrupted search: finished trials stay, unfinished and errored ones go on from
+    their checkpoints, in the same MLflow parent and child runs."""
+    started = time.perf_counter()
+    storage = storage_root(storage)
+    record = read_record(storage, name)
+    if record is None:
+        raise StrideError(f"no search {name!r} in {storage} (searches there: "
+                          f"{', '.join(list_searches(storage)) or 'none'}; pass --storage if it lives elsewhere)")
+    search = ResolvedSearch.from_dict(record["search"])
+    uri, parent = record["tracking_uri"], record["parent_run_id"]
+    check_reachable(uri)
+    resources = TrialResources(**record["resources"])
+    check_datasets(search)
+    try:
+        with ray_session(address, state_api=resources.workers > 1, verbose=verbose):
+            from ray import tune
+
+            max_concurrency(resources, search.spec.max_concurrent_trials)
+            runs.reopen_parent(uri, parent)
+            trainable = _trainable(search, uri, parent, resources, storage, name, extra_callbacks)
+            tuner = tune.Tuner.restore(f"{storage}/{name}", trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+            return _finish(tuner.fit(), search, uri, parent, name, storage, started)
+    except BaseException:
+        _close_after_crash(uri, parent)
+        raise
+
+
+def _trainable(search, uri, parent, resources, storage, name, extra_callbacks):
+    from ray import tune
+
+    from stride.tuning.trial import TrialSetup, run_trial
+
+    setup = TrialSetup(search, uri, parent, resources, storage, name, tuple(extra_callbacks))
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources.trial_request())
+
+
+def _tuner(search: ResolvedSearch, uri, parent, resources, storage, name, concurrency, extra_callbacks, verbose):
+    from ray import tune
+
+    from stride.tuning.space import param_space, scheduler, search_algorithm
+
+    spec = search.spec
+    base = search.config_for({}, "base")
+    return tune.Tuner(
+        _trainable(search, uri, parent, resources, storage, name, extra_callbacks),
+        param_space=param_space(spec, search.dimensions),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_algorithm(spec, concurrency),
+                                    scheduler=scheduler(spec, search.dimensions, base),
+                                    num_samples=spec.num_samples,
+                                    time_budget_s=spec.time_budget_s),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=2 if verbose else 0,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints,
+                                                    checkpoint_score_attribute=spec.metric,
+                                                    checkpoint_score_order=spec.mode),
+            callbacks=_callbacks(search, uri, parent, verbose)))
+
+
+def _callbacks(search: ResolvedSearch, uri: str, parent: str, verbose: bool) -> list:
+    """The CSV and JSON result logs the leaderboard reads, closing stopped trials' runs, and progress lines."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from stride.tuning.progress import TrialProgress
+
+    base = search.config_for({}, "base")
+    callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), runs.CloseStoppedTrialRuns(uri, parent, base)]
+    if not verbose:
+        callbacks.append(TrialProgress(search.spec.metric, base.trainer.max_epochs or 0, search.spec.num_samples))
+    return callbacks
+
+
+def _close_after_crash(uri: str, parent: str | None) -> None:
+    """The driver is going down (Ctrl-C, an error): leave no run RUNNING; --resume reopens them."""
+    if parent is None:
+        return
+    try:
+        runs.close_children(uri, parent, "KILLED")
+        if MlflowClient(uri).get_run(parent).info.status == "RUNNING":
+            MlflowClient(uri).set_terminated(parent, "KILLED")
+    except Exception:  # the tracking server may be what failed; the original error matters more
+        pass
+
+
+def _rows(results, search: ResolvedSearch, children: dict) -> list[dict[str, Any]]:
+    """One row per trial: Tune's view (status, epochs, best metric) and the child run's test metrics."""
+    spec = search.spec
+    rows = []
+    for result in results:
+        frame = result.metrics_dataframe
+        trial_id = (result.metrics or {}).get("trial_id") or (
+            frame["trial_id"].iloc[-1] if frame is not None and "trial_id" in frame else None)
+        run = children.get(trial_id)
+        best = math.nan
+        if frame is not None and spec.metric in frame:
+            values = frame[spec.metric].dropna()
+            if len(values):
+                best = float(values.max() if spec.mode == "max" else values.min())
+        status = "error" if result.error else leaderboard.STATUS.get(run.info.status if run else "", "not started")
+        epochs = int(frame[TIME_ATTR].max()) if frame is not None and TIME_ATTR in frame else 0
+        row = {"trial_id": trial_id, "run_id": run.info.run_id if run else None, "status": status, "epochs": epochs,
+               spec.metric: best, **{d.key: (result.config or {}).get(d.key) for d in search.dimensions}}
+        if run is not None:
+            row.update({k: v for k, v in run.data.metrics.items() if k in ("test_acc", "test_loss")})
+        rows.append(row)
+    return leaderboard.rank_rows(rows, spec.metric, spec.mode)
+
+
+def _interrupted(experiment_path: str) -> bool:
+    """Whether Ctrl-C (or SIGUSR1) cut the search short. Tune stops every trial on the way out, so the
+    live results all read TERMINATED; the state Tune saved just before that still tells."""
+    from ray.tune import ExperimentAnalysis
+
+    return any(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(experiment_path).trials)
+
+
+def _finish(results, search: ResolvedSearch, uri: str, parent: str, name: str, storage: str,
+            started: float) -> SearchResult:
+    """Leaderboard, plot and best-trial tags on the parent run; close it."""
+    spec = search.spec
+    interrupted = _interrupted(results.experiment_path)
+    rows = _rows(results, search, runs.child_runs(uri, parent))
+    header = leaderboard.columns(rows, search.dimensions, spec.metric)
+    best = next((r for r in rows if math.isfinite(r[spec.metric])), None)
+    client = MlflowClient(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        client.log_artifact(parent, str(leaderboard.write_csv(rows, header, Path(tmp) / "leaderboard.csv")))
+        if any(math.isfinite(r[spec.metric]) for r in rows):
+            png = leaderboard.plot_metric_vs_params(rows, search.dimensions, spec.metric,
+                                                    Path(tmp) / f"{spec.metric}_vs_params.png")
+            client.log_artifact(parent, str(png), "plots")
+    if best is not None:
+        client.log_metric(parent, f"best_{spec.metric}", best[spec.metric])
+        client.set_tag(parent, "stride.best_trial_id", best["trial_id"])
+        if best["run_id"]:
+            client.set_tag(parent, "stride.best_run_id", best["run_id"])
+    runs.close_children(uri, parent, "KILLED")
+    client.set_terminated(parent, "KILLED" if interrupted else "FINISHED")
+    return SearchResult(name, f"{storage}/{name}", parent, uri, spec.metric,
+                        best["trial_id"] if best else None, best["run_id"] if best else None,
+                        best[spec.metric] if best else None, rows, header, time.perf_counter() - started,
+                        interrupted, client.get_run(parent).info.experiment_id)
