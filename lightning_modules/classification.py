@@ -83,4 +83,4 @@ class ClassificationModule(pl.LightningModule):
         optimizer = build_optimizer(self.parameters(), self.optim)
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(self.schedule, total_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stride prints its own links
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:  # INFO lines of Lightning (accelerators, tips) and MLflow (database set-up) on every run
         logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)

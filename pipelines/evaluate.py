@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"model    : {args.model}" + (f" (version {ref.version})" if ref.version else ""))
     print(f"data     : {result.dataset_path} [{args.split}]")
     for key, value in result.metrics.items():
-        print(f"{key.removeprefix(args.split + '_'):<9}: {value:.4f}" if not key.endswith("_samples")
-              else f"samples  : {result.samples}")
+        if not key.endswith("_samples"):
+            print(f"{key:<9}: {value:.4f}")
+    print(f"samples  : {result.samples}")
     print(f"logged   : run {run_id} in experiment {args.experiment!r} (plots/)")
     print(f"MLflow   : {link}")
     return 0

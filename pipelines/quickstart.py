@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     summary = [("test accuracy", f"{accuracy:.2%} on {test_count} held-out digits"),
                ("MLflow run id", str(result.run_id)), ("model", str(result.model_uri))]
     if not args.skip_search:
-        summary += search_promote_predict(workdir, shards, data_overrides, uri, stages)
+        summary += search_promote_predict(workdir, shards, data_overrides, uri, stages, args.verbose)
     summary += [("total time", f"{time.perf_counter() - started:.0f} s"),
                 ("runs in the UI", ui_link(uri, str(result.experiment_id)))]
     if command := ui_command(uri):
@@ -72,15 +72,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def search_promote_predict(workdir: Path, shards: Path, data_overrides: list[str], uri: str, stages: int
-                           ) -> list[tuple[str, str]]:
+def search_promote_predict(workdir: Path, shards: Path, data_overrides: list[str], uri: str, stages: int,
+                           verbose: bool = False) -> list[tuple[str, str]]:
     from stride.registry import predict_files, promote_best, write_sample_images
     from stride.tracking.store import ui_link
     from stride.tuning import run_search
 
     stage(3, stages, "searching channels x learning rate with ASHA on a local Ray (4 trials)")
     search = run_search("quickstart-search", overrides=data_overrides, tracking_uri=uri,
-                        storage=str(workdir / "ray_results"), verbose=0)
+                        storage=str(workdir / "ray_results"), verbose=verbose)
     print(search.table())
     stage(4, stages, f"promoting the experiment's best run (training or trial) to the registry as "
                      f"{MODEL_NAME}@champion")

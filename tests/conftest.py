@@ -20,6 +20,19 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+# Fixtures that start real servers or clusters: a test that uses one (directly or through another
+# fixture) is end to end and must be marked slow, so `pytest -m "not slow"` stays a fast lane.
+END_TO_END_FIXTURES = {"mlflow_server", "local_ray", "ray_head"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items
+                if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError("end-to-end tests (they use " + ", ".join(sorted(END_TO_END_FIXTURES)) + ") must be "
+                                "marked slow: " + ", ".join(unmarked))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

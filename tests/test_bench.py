@@ -33,6 +33,7 @@ def check_consistent(report: dict, workers: list[int]) -> None:
     assert report["device"] and torch.__version__.startswith(report["versions"]["torch"])
 
 
+@pytest.mark.slow
 def test_bench_digits_cnn_end_to_end(capsys, digits_shards):
     report = bench_json(capsys, "digits-cnn", "--set", f"data.path={digits_shards}", "model.channels=4",
                         "trainer.enable_progress_bar=false", "--batch-size", "32", "--steps", "4",
@@ -43,6 +44,7 @@ def test_bench_digits_cnn_end_to_end(capsys, digits_shards):
     assert len(report["stride"]["runs_samples_per_s"]) == 2 and len(report["bare"]["runs_samples_per_s"]) == 2
 
 
+@pytest.mark.slow
 def test_bench_tcn_on_synthetic_sequences(capsys):
     report = bench_json(capsys, "tcn-seqmnist-single", "--set", "model.channels=4", "model.num_blocks=2",
                         "trainer.enable_progress_bar=false", "--synthetic", "96", "--synthetic-shape", "1,8,8",

@@ -10,7 +10,9 @@ import torch.multiprocessing as mp
 
 from stride.datamodules.image_classification import ImageClassificationData
 from stride.datamodules.manifest import read_manifest
-from stride.datamodules.streaming import KEY_FIELD
+from stride.datamodules.streaming import KEY_FIELD, split_evenly
+
+pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
 
 WORLD = 2
 EPOCHS = 2
@@ -28,12 +30,21 @@ def collect(rank: int, root: str, port: int, num_workers: int, out: str) -> None
     datamodule.fields = (KEY_FIELD, "cls")
     datamodule.collate = keys_only
     datamodule.setup("fit")
-    seen = {"train": [], "val": [], "test": [], "train_len": len(datamodule.train_dataloader())}
+    seen = {"train": [], "val": [], "test": [], "train_len": len(datamodule.train_dataloader()), "distinct": []}
     loader = datamodule.train_dataloader()
-    for _ in range(EPOCHS):
+    stream = datamodule.stream("train")
+    workers = max(1, num_workers)
+    for epoch in range(EPOCHS):
         seen["train"].append([batch for batch in loader])
+        # each loader slot repeats samples only once its own shards are used up: distinct samples per
+        # rank are, over its slots, min(samples the slot holds, samples its batch quota asks for)
+        seen["distinct"].append(sum(
+            min(stream._slot_plan(w, epoch).num_samples, split_evenly(stream.batches_per_rank, workers, w) * 100)
+            for w in range(workers)))
     for split in ("val", "test"):
-        seen[split] = [key for batch in datamodule.loader(split) for key in batch]
+        batches = list(datamodule.loader(split))
+        seen[split] = [key for batch in batches for key in batch]
+        seen[f"{split}_batches"] = len(batches)
         seen[f"{split}_len"] = len(datamodule.loader(split))
     with open(f"{out}.{rank}", "w") as handle:
         json.dump(seen, handle)
@@ -56,7 +67,8 @@ def test_ranks_split_samples_correctly(digits_shards, tmp_path, num_workers):
         assert [len(b) for b in batches] == [expected_batches] * WORLD  # equal batch counts: no DDP hang
         assert all(len(batch) == 100 for rank_batches in batches for batch in rank_batches)
         keys = [{key for batch in rank_batches for key in batch} for rank_batches in batches]
-        assert len(keys[0]) == expected_batches * 100 or num_workers  # shard cycling may repeat within a slot
+        for rank, rank_keys in zip(ranks, keys):
+            assert len(rank_keys) == rank["distinct"][epoch]  # no repeat before a slot's shards are used up
         assert not keys[0] & keys[1]  # disjoint across ranks
     assert ranks[0]["train"][0] != ranks[0]["train"][1]  # reshuffled between epochs
     assert all(rank["train_len"] == expected_batches for rank in ranks)
@@ -66,4 +78,6 @@ def test_ranks_split_samples_correctly(digits_shards, tmp_path, num_workers):
         assert sorted(everything) == sorted(set(everything))  # nothing twice
         assert len(everything) == manifest.split(split).num_samples  # nothing missed
         for rank in ranks:
-            assert rank[f"{split}_len"] == -(-len(rank[split]) // 64) or num_workers
+            assert rank[f"{split}_len"] == rank[f"{split}_batches"]  # len() is what the loader really yields
+            if num_workers == 0:
+                assert rank[f"{split}_batches"] == -(-len(rank[split]) // 64)  # one partial batch at most

@@ -15,6 +15,8 @@ from PIL import Image
 from stride.registry import predict_files, promote_best, write_sample_images
 from test_registry_support import TrainedRuns, runs, stride  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
+
 MODEL = "digits-served"
 CHAMPION = f"models:/{MODEL}@champion"
 

@@ -21,6 +21,8 @@ from stride.registry import promote_best
 from stride.registry.lock import EXPIRES_TAG, LOCK_TAG, OWNER_TAG, lock_name, registry_lock
 from test_registry_support import TrainedRuns, registry_state, runs, stride  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
+
 
 def aliases(server: str, name: str) -> dict[str, str]:
     return {alias: str(v) for alias, v in MlflowClient(server).get_registered_model(name).aliases.items()}
@@ -166,7 +168,7 @@ def special_experiments(mlflow_server) -> None:
 BAD_PROMOTIONS = {
     "unknown experiment": (["--experiment", "nope"], "no experiment named 'nope' (experiments: "),
     "unknown metric": (["--experiment", "registry-tests", "--metric", "val_f1"],
-                       "logged metric 'val_f1' (metrics logged: best_val_acc, lr, test_acc"),
+                       "logged metric 'val_f1' (metrics logged: best_val_acc, epoch, lr, test_acc"),
     "no finished run": (["--experiment", "registry-running"],
                         "'registry-running' has no finished run (1 run(s): RUNNING)"),
     "no logged model": (["--experiment", "registry-no-model"], "with metric 'val_acc' has a logged model"),

@@ -7,6 +7,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
+
 
 def test_quickstart_trains_tunes_promotes_and_predicts(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}  # the local store in the workdir, as on a fresh machine

@@ -12,6 +12,8 @@ from stride.datamodules.image_shards import write_image_classification
 from stride.registry import promote_best
 from test_registry_support import TrainedRuns, runs, stride  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
+
 MODEL = "digits-served"
 
 
@@ -27,8 +29,9 @@ def test_evaluate_prints_metrics_and_logs_a_confusion_matrix(mlflow_server, cham
     assert code == 0, err
     client = MlflowClient(mlflow_server)
     trained = client.get_run(runs.better).data.metrics
-    assert f"accuracy : {trained['test_acc']:.4f}" in out and "samples  : 360" in out
-    assert f"loss     : {trained['test_loss']:.4f}" in out
+    assert f"test_acc : {trained['test_acc']:.4f}" in out and "samples  : 360" in out
+    assert f"test_loss: {trained['test_loss']:.4f}" in out
+    assert "workflowType=machine_learning" in out and "View run" not in out  # stride's link, not MLflow's
     experiment = client.get_experiment_by_name("evaluations")
     evaluation = client.search_runs([experiment.experiment_id], f"tags.`stride.evaluated_model` = '{champion}'")[0]
     assert evaluation.data.tags["stride.evaluated_run_id"] == runs.better

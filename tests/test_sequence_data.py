@@ -103,6 +103,7 @@ def test_npz_round_trip(tmp_path, shape):
     assert np.array_equal(all_y, y[order])
 
 
+@pytest.mark.slow
 def test_npz_explicit_splits_and_class_names_train_end_to_end(tmp_path, mlflow_server):
     rng = np.random.default_rng(1)
 

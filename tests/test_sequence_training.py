@@ -13,6 +13,8 @@ import pytest
 from stride.config import load_config
 from stride.pipelines.train import train_and_record as train
 
+pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
+
 
 @pytest.fixture(scope="module")
 def digit_sequences(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -14,6 +14,8 @@ from stride.errors import StrideError
 from stride.pipelines.train import train_and_record as train
 from stride.training.checkpoints import describe_checkpoint, load_module
 
+pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
+
 
 @pytest.fixture(scope="module")
 def trained(mlflow_server, digits_shards, tmp_path_factory):

@@ -29,7 +29,7 @@ from stride.lightning_modules.classification import ClassificationModule
 from stride.lightning_modules.normalize import Normalize
 from stride.lightning_modules.sequence_view import SequenceView
 from stride.plots import plot_confusion_matrix, plot_learning_curves
-from stride.tasks import DataFacts, Evaluation, ExportedModel, Task, TensorSpec, register_task
+from stride.tasks.base import DataFacts, Evaluation, ExportedModel, Task, TensorSpec, register_task
 from stride.text_table import align_columns
 
 log = logging.getLogger(__name__)

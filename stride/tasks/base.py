@@ -1,0 +1,167 @@
+"""What a task is, in one place: the interface every launcher, the recorder and the registry use.
+
+A task says which datamodule reads its datasets, which LightningModule trains it, which
+metric says one model is better than another, which plots a finished run gets, what the
+exported model takes and returns, how a logged model is evaluated on a split, and how
+`stride predict` reads files and shows results. Train, tune, bench, promote, evaluate and
+predict only ever call these methods, so a new task (detection, captioning) is one
+subclass plus `register_task`, with no edit to those commands.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from torch import nn
+
+from stride.errors import StrideError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pytorch_lightning as pl
+
+    from stride.config.schema import StrideConfig
+    from stride.datamodules.image_classification import ShardedDataModule
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What a network needs to know about its dataset, so a checkpoint can rebuild it without the data."""
+
+    manifest_task: str
+    input_shape: tuple[int, ...]  # one stored sample, without the batch dimension
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # per-channel (mean, std)
+
+    @classmethod
+    def of(cls, datamodule: "ShardedDataModule") -> "DataFacts":
+        norm = datamodule.normalization
+        return cls(datamodule.manifest.task, tuple(datamodule.input_shape), datamodule.num_classes,
+                   tuple(datamodule.manifest.class_names),
+                   (tuple(norm[0]), tuple(norm[1])) if norm else None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"manifest_task": self.manifest_task, "input_shape": list(self.input_shape),
+                "num_classes": self.num_classes, "class_names": list(self.class_names),
+                "normalization": [list(self.normalization[0]), list(self.normalization[1])]
+                if self.normalization else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DataFacts":
+        norm = data.get("normalization")
+        return cls(data["manifest_task"], tuple(data["input_shape"]), int(data["num_classes"]),
+                   tuple(data.get("class_names", ())), (tuple(norm[0]), tuple(norm[1])) if norm else None)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]  # without the batch dimension
+    dtype: str = "float32"
+
+
+@dataclass
+class ExportedModel:
+    """The network a registry serves (CPU, eval mode) and its input/output signature."""
+
+    network: nn.Module
+    inputs: TensorSpec
+    outputs: TensorSpec
+
+
+@dataclass
+class Evaluation:
+    """A logged model's numbers on one split; `details` is whatever the task's plots need."""
+
+    split: str
+    metrics: dict[str, float]  # keys start with the split, e.g. test_acc, test_loss
+    samples: int
+    dataset_path: str
+    dataset_sha256: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, quality: str) -> float:
+        return self.metrics[f"{self.split}_{quality}"]
+
+    def summary(self) -> str:
+        shown = ", ".join(f"{k.removeprefix(self.split + '_')} {v:.4f}" for k, v in self.metrics.items()
+                          if not k.endswith("_samples"))
+        return f"{shown} on {self.samples} {self.split} samples"
+
+
+class Task(ABC):
+    """One kind of problem. Subclasses fill in the methods; instances are registered by name."""
+
+    name: ClassVar[str]
+    # the manifest tasks (dataset kinds) this task can train on
+    dataset_tasks: ClassVar[tuple[str, ...]]
+    # which model is better: `val_<quality>` while training, `<split>_<quality>` when evaluating
+    quality: ClassVar[str] = "acc"
+    quality_mode: ClassVar[str] = "max"
+
+    # -- training ---------------------------------------------------------------------------
+    @abstractmethod
+    def datamodule(self, config: "StrideConfig", **overrides: Any) -> "ShardedDataModule":
+        """The datamodule reading `config.data.path` (checks its manifest, not yet its shards)."""
+
+    @abstractmethod
+    def module(self, config: "StrideConfig", facts: DataFacts) -> "pl.LightningModule":
+        """A fresh LightningModule; it records `config` and `facts` so its checkpoints rebuild it."""
+
+    @abstractmethod
+    def figures(self, module: "pl.LightningModule", facts: DataFacts, history: list[dict[str, float]],
+                folder: Path, title: str) -> list[Path]:
+        """PNG files to log with a finished run (after testing the best checkpoint)."""
+
+    @abstractmethod
+    def export(self, module: "pl.LightningModule", facts: DataFacts) -> ExportedModel:
+        """The inference network that the MLflow model holds."""
+
+    # -- the registry -----------------------------------------------------------------------
+    @abstractmethod
+    def evaluation_data(self, path: str | Path) -> "ShardedDataModule":
+        """A datamodule that reads a dataset for evaluation, every sample once."""
+
+    @abstractmethod
+    def evaluate(self, network: nn.Module, data: "ShardedDataModule", split: str, model: str) -> Evaluation:
+        """Run an exported network over `split` of `data`."""
+
+    @abstractmethod
+    def evaluation_figures(self, evaluation: Evaluation, folder: Path, title: str) -> list[Path]:
+        """PNG files to log with an evaluation."""
+
+    @abstractmethod
+    def read_input(self, path: Path, inputs: TensorSpec) -> np.ndarray:
+        """One file as the exported network's input (raises StrideError naming the file)."""
+
+    @abstractmethod
+    def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int) -> list[Any]:
+        """Rows with `as_dict()`, one per file, from the network's outputs."""
+
+    @abstractmethod
+    def prediction_table(self, rows: list[Any]) -> str:
+        """`stride predict`'s text output."""
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    if task.name in _TASKS:
+        raise ValueError(f"task {task.name!r} is registered twice")
+    _TASKS[task.name] = task
+    return task
+
+
+def task_names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise StrideError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(_TASKS))}") from None
