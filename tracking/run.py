@@ -17,7 +17,6 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pytorch_lightning as pl
@@ -29,7 +28,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from stride import __version__
 from stride.config.loading import config_to_dict, config_to_yaml, flatten
 from stride.config.schema import StrideConfig
-from stride.tasks import DataFacts, get_task
+from stride.tasks import DataFacts, ExportedModel, get_task
 from stride.tracking.models import log_exported
 from stride.tracking.store import ensure_experiment
 from stride.training.history import EpochHistory
@@ -104,7 +103,7 @@ class MlflowRun(EpochHistory):
         if stage != "fit":
             return
         datamodule = trainer.datamodule
-        params = {k: v for k, v in flatten(config_to_dict(self.config)).items() if k not in self._params_logged}
+        params = flatten(config_to_dict(self.config))
         params["model.num_params"] = sum(p.numel() for p in pl_module.parameters())
         fresh = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items() if k not in self._params_logged]
         for start in range(0, len(fresh), 100):  # MLflow takes at most 100 params per call
@@ -133,7 +132,7 @@ class MlflowRun(EpochHistory):
             self.model_uri = self._log_model(task.export(pl_module, facts))
             self.client.set_tag(self.run_id, MODEL_URI_TAG, self.model_uri)
 
-    def _log_model(self, exported: Any) -> str:
+    def _log_model(self, exported: ExportedModel) -> str:
         # MLflow links a logged model to the fluent active run only; make ours active just for this
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=self.run_id):
