@@ -48,7 +48,7 @@ def _params_model(name: str, builder: Callable[..., nn.Module]) -> type[pydantic
         if param.name not in hints or param.default is inspect.Parameter.empty:
             raise TypeError(f"builder of {name!r}: hyper-parameter {param.name!r} needs a type and a default")
         fields[param.name] = (hints[param.name], param.default)
-    config = pydantic.ConfigDict(extra="forbid", strict=False, arbitrary_types_allowed=True)
+    config = pydantic.ConfigDict(extra="forbid", strict=False, arbitrary_types_allowed=True, allow_inf_nan=False)
     return pydantic.create_model(f"{name}_params", __config__=config, **fields)
 
 

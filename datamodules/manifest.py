@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
 
+from stride.datamodules.swap import finish_swap
 from stride.errors import StrideError
 
 FORMAT_VERSION = 1
@@ -70,6 +71,7 @@ def manifest_sha256(root: Path) -> str:
 
 
 def read_manifest(root: str | Path) -> Manifest:
+    finish_swap(Path(root).absolute())  # a replacement killed half-way is rolled forward first
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         hint = "" if Path(root).exists() else " (the folder does not exist; create it with `stride data prepare`)"
@@ -82,11 +84,17 @@ def read_manifest(root: str | Path) -> Manifest:
         raise StrideError(f"{path}: format_version {data.get('format_version')!r} is not supported "
                           f"(expected {FORMAT_VERSION})")
     try:
-        return Manifest.model_validate(data)
+        manifest = Manifest.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         raise StrideError(f"{path}: invalid manifest at {key}: {first['msg']}") from None
+    for name, split in manifest.splits.items():
+        counted = sum(shard.num_samples for shard in split.shards)
+        if counted != split.num_samples:
+            raise StrideError(f"{path}: split {name!r} says num_samples {split.num_samples}, but its shards hold "
+                              f"{counted}; the manifest was edited or is damaged")
+    return manifest
 
 
 _VERIFIED: set[tuple] = set()  # datasets whose shards this process has hashed, with their sizes and mtimes

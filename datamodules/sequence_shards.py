@@ -38,8 +38,11 @@ def _labels(y: np.ndarray, count: int, name: str, source: Path) -> np.ndarray:
     if y.ndim != 1 or len(y) != count:
         raise StrideError(f"{source}: {name} must be a vector of {count} labels (one per sequence), got shape "
                           f"{list(y.shape)}")
-    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise StrideError(f"{source}: {name} must hold non-negative integer labels, got dtype {y.dtype}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise StrideError(f"{source}: {name} must hold integer labels, got dtype {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise StrideError(f"{source}: {name} holds a negative label ({y.min()} at index {int(np.argmin(y))}); "
+                          "labels are class indices 0, 1, ...")
     return y.astype(np.int64)
 
 

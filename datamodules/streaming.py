@@ -33,6 +33,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from stride.datamodules.manifest import ShardEntry
 from stride.errors import StrideError
+from stride.names import is_plain_relative
 
 
 KEY_FIELD = "__key__"  # a pseudo-field: the sample's key, for tracing samples
@@ -72,8 +73,7 @@ def iter_shard(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, dict[
     last_key = "(start of shard)"
     try:
         with open(path, "rb") as handle:
-            members = ({**member, "__url__": str(path)} for member in tar_file_iterator(handle))
-            for sample in group_by_keys(members):
+            for sample in group_by_keys(_plain_members(handle, path)):
                 key = sample["__key__"]
                 missing = [f for f in fields if f not in sample and f != KEY_FIELD]
                 if missing:
@@ -84,6 +84,15 @@ def iter_shard(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, dict[
         raise
     except Exception as err:  # tarfile/ValueError on truncated or corrupted archives
         raise StrideError(f"shard {path} is corrupted or truncated after sample {last_key!r}: {err}") from None
+
+
+def _plain_members(handle: Any, path: Path) -> Iterator[dict[str, Any]]:
+    """The shard's members; one whose name could leave a folder (absolute, `..`) refuses the shard."""
+    for member in tar_file_iterator(handle):
+        if not is_plain_relative(member["fname"]):
+            raise StrideError(f"shard {path}: member {member['fname']!r} is not a plain relative name (absolute, "
+                              "'..' or empty parts); refusing the shard")
+        yield {**member, "__url__": str(path)}
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 from stride import __version__
 from stride.datamodules.manifest import MANIFEST_NAME, Manifest, ShardEntry, SplitEntry, sha256_of
+from stride.datamodules.swap import finish_swap, journalled_folders, swap_in
 from stride.errors import StrideError
 
 TMP_MARK = ".stride-tmp-"
@@ -35,8 +36,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete temporary folders left by prepares that were killed (their process is gone)."""
+    """Delete temporary folders left by prepares that were killed (their process is gone), after rolling
+    an interrupted replacement forward; never a folder an unfinished swap still names."""
+    finish_swap(out_dir)
+    needed = journalled_folders(out_dir.parent)
     for candidate in out_dir.parent.glob(f".{out_dir.name}{TMP_MARK}*"):
+        if candidate in needed:
+            continue
         try:
             pid = int(candidate.name.rsplit("-", 2)[-2])
         except ValueError:
@@ -58,8 +64,8 @@ class ShardWriter:
         self.out_dir = Path(out_dir).absolute()
         self.samples_per_shard = samples_per_shard
         self.overwrite = overwrite
+        remove_stale_temporaries(self.out_dir)  # first: it may put an interrupted replacement in place
         self._check_target()
-        remove_stale_temporaries(self.out_dir)
         self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._splits: dict[str, list[ShardEntry]] = {}
         self._tar: tarfile.TarFile | None = None
@@ -137,11 +143,6 @@ class ShardWriter:
         manifest_path.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
         with open(manifest_path, "rb+") as handle:
             os.fsync(handle.fileno())
-        old = None
-        if self.out_dir.exists():
-            old = self.out_dir.parent / f".{self.out_dir.name}{TMP_MARK}{os.getpid()}-old{uuid.uuid4().hex[:4]}"
-            os.rename(self.out_dir, old)
-        os.rename(self.tmp_dir, self.out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        old = self.out_dir.parent / f".{self.out_dir.name}{TMP_MARK}{os.getpid()}-old{uuid.uuid4().hex[:4]}"
+        swap_in(self.tmp_dir, self.out_dir, old)
         return manifest

@@ -14,6 +14,7 @@ import os
 import sys
 
 from stride.errors import StrideError
+from stride.pipelines.interrupts import SignalWatch
 
 COMMAND_MODULES = [
     "stride.pipelines.prepare",
@@ -42,24 +43,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+QUIET_LIBRARIES = ("pytorch_lightning", "lightning_fabric", "mlflow")
+
+
+def quiet_library_info() -> None:
+    """Drop the libraries' INFO lines. A handler filter, because Lightning resets its logger's level to
+    INFO whenever it is first imported (the commands import it lazily, after this runs)."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow when first imported, in workers too
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: record.levelno >= logging.WARNING or not record.name.startswith(QUIET_LIBRARIES))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stride prints its own links
+    # no usage reporting to outside hosts unless the user asks for it (the workers inherit these)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:  # INFO lines of Lightning (accelerators, tips) and MLflow (database set-up) on every run
-        logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow when first imported, in workers too
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-    try:
-        return int(args.handler(args) or 0)
-    except StrideError as err:
-        if args.verbose:
-            raise
-        print(f"stride: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("stride: interrupted", file=sys.stderr)
-        return 130
+        quiet_library_info()
+    with SignalWatch() as signals:
+        try:
+            code = int(args.handler(args) or 0)
+        except StrideError as err:
+            if args.verbose:
+                raise
+            print(f"stride: error: {err}", file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, SystemExit) as stop:
+            if isinstance(stop, SystemExit) and signals.received is None:
+                raise  # an exit of its own, not a signal
+            code = signals.exit_code()
+    if signals.received is not None or code == 130:
+        print(f"stride {args.command}: stopped by {signals.describe()}; an MLflow run it had open is marked KILLED",
+              file=sys.stderr)
+        return signals.exit_code()
+    return code
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                                                         "models:/m-<id> or runs:/RUN_ID/model")
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per file (default 3)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--max-pixels", type=int, default=50_000_000,
+                        help="refuse images larger than this many pixels, from their header (default 50,000,000)")
     add_tracking_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -25,7 +27,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from stride.registry import predict_files
 
-    rows, table = predict_files(args.model, args.files, top_k=args.top_k, tracking_uri=args.tracking_uri)
+    rows, table = predict_files(args.model, args.files, top_k=args.top_k, tracking_uri=args.tracking_uri,
+                                max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps({"model": args.model, "predictions": [r.as_dict() for r in rows]}, indent=2))
     else:

@@ -48,8 +48,10 @@ def train_and_record(config: "StrideConfig", *, tracking_uri: str | None = None)
     """`stride train`'s launcher: check the data and the store, then the core with an MLflow run."""
     from pytorch_lightning.utilities import rank_zero_only
 
-    from stride.tracking.run import MlflowRun
-    from stride.tracking.store import check_reachable, resolve_tracking_uri
+    from mlflow.tracking import MlflowClient
+
+    from stride.tracking.run import MlflowRun, fail_dead_runs
+    from stride.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
     from stride.training import Launch, open_datamodule, train
 
     uri = resolve_tracking_uri(tracking_uri or config.tracking.uri)
@@ -57,6 +59,7 @@ def train_and_record(config: "StrideConfig", *, tracking_uri: str | None = None)
     open_datamodule(config)  # every shard hashed before a run exists (once: the core then reuses it)
     if rank_zero_only.rank != 0:  # a DDP rank started by Lightning's launcher: rank 0 records
         return RecordedTraining(train(config), uri)
+    fail_dead_runs(MlflowClient(uri), ensure_experiment(uri, config.tracking.experiment))
     with MlflowRun(uri, config) as run:
         launch = Launch(checkpoint_dir=str(Path(config.trainer.checkpoint_dir) / run.run_id))
         outcome = train(config, callbacks=run.callbacks, loggers=[run.logger], launch=launch)

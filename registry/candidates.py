@@ -10,6 +10,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from stride.errors import StrideError
+from stride.tracking.run import fail_dead_runs
 
 MODEL_URI_TAG = "stride.model_uri"
 SEARCH_ID_TAG = "stride.search_id"
@@ -48,6 +49,7 @@ def runs_of_experiment(client: MlflowClient, name: str) -> tuple[list[Run], str]
     if experiment is None:
         known = sorted(e.name for e in client.search_experiments())
         raise StrideError(f"no experiment named {name!r} (experiments: {', '.join(known) or 'none'})")
+    fail_dead_runs(client, experiment.experiment_id)
     return _all_runs(client, [experiment.experiment_id]), f"experiment {name!r}"
 
 
@@ -58,6 +60,7 @@ def runs_of_search(client: MlflowClient, search_id: str) -> tuple[list[Run], str
     except MlflowException:
         raise StrideError(f"--search {search_id}: no such run (give the search's parent run id)") from None
     ids = [parent.info.experiment_id]
+    fail_dead_runs(client, parent.info.experiment_id)
     runs = _all_runs(client, ids, f"tags.`{SEARCH_ID_TAG}` = '{search_id}'")
     if not runs:
         runs = _all_runs(client, ids, f"tags.`{PARENT_TAG}` = '{search_id}'")

@@ -18,6 +18,8 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 # auth, decided before Ray is first imported: Ray reads the mode once per process, so a mode switched
 # later by one test would leave clusters and clients of later tests disagreeing.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # as the CLI sets it: no calls to outside hosts
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 # Fixtures that start real servers or clusters: a test that uses one (directly or through another

@@ -14,6 +14,8 @@ FAILED. Only global rank 0 makes one: other DDP ranks pass no recorder.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +38,40 @@ from stride.training.history import EpochHistory
 PARENT_TAG = "mlflow.parentRunId"
 MODEL_URI_TAG = "stride.model_uri"
 MAX_PARAM_CHARS = 6000
+# the process that owns a RUNNING run, so a later stride command can tell a live run from a ghost
+HOST_TAG, PID_TAG, PROCESS_STARTED_TAG = "stride.host", "stride.pid", "stride.process_started"
+
+
+def process_tags() -> dict[str, str]:
+    import psutil
+
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
+            PROCESS_STARTED_TAG: f"{psutil.Process().create_time():.3f}"}
+
+
+def _alive(pid: int, started: str) -> bool:
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.3f}" == started  # not a later process with the same pid
+    except psutil.Error:
+        return False
+
+
+def fail_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark FAILED the RUNNING runs of `experiment_id` whose process on this host is gone (`kill -9`, OOM,
+    power loss), so dashboards and promotion see no ghost runs. Runs of other hosts are left alone."""
+    host = socket.gethostname()
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING' and "
+                                  f"tags.`{HOST_TAG}` = '{host}'", max_results=1000):
+        tags = run.data.tags
+        if PID_TAG in tags and not _alive(int(tags[PID_TAG]), tags.get(PROCESS_STARTED_TAG, "")):
+            client.set_tag(run.info.run_id, "stride.ended_by",
+                           f"a later stride command: process {tags[PID_TAG]} on {host} ended without closing the run")
+            client.set_terminated(run.info.run_id, "FAILED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 class RunMetricsLogger(MLFlowLogger):
@@ -79,9 +115,11 @@ class MlflowRun(EpochHistory):
             if parent_run_id:
                 all_tags[PARENT_TAG] = parent_run_id
             run = self.client.create_run(self.experiment_id, run_name=run_name or config.tracking.run_name
-                                         or config.name, tags=all_tags)
-        else:  # a restarted trial continues its run
+                                         or config.name, tags={**all_tags, **process_tags()})
+        else:  # a restarted trial continues its run, from another process
             run = self.client.get_run(run_id)
+            for key, value in process_tags().items():
+                self.client.set_tag(run_id, key, value)
             self.client.update_run(run_id, status="RUNNING")
         self.run_id: str = run.info.run_id
         self._params_logged = set(run.data.params)

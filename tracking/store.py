@@ -8,6 +8,7 @@ Default: an embedded local store in the working directory (SQLite `mlruns.db` pl
 from __future__ import annotations
 
 import os
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -63,20 +64,40 @@ def ui_hint(uri: str, experiment_id: str, run_id: str | None = None) -> str:
     return f"{link}  (serve it with: {command})" if command else link
 
 
-def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail fast, before any training, when an HTTP tracking server does not answer."""
+REACHABLE_TIMEOUT_S = 5.0
+
+
+def check_reachable(uri: str, timeout_s: float = REACHABLE_TIMEOUT_S) -> None:
+    """Fail fast, before any training, when an HTTP tracking server does not answer.
+
+    The whole check (name lookup, connect, the /health answer) gets `timeout_s`: a socket
+    timeout alone does not bound a slow name lookup or a server that accepts and never answers.
+    """
     if not uri.startswith(("http://", "https://")):
         if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql", "databricks")) and "://" in uri:
             raise StrideError(f"tracking URI {uri!r}: unsupported scheme (use http(s)://, sqlite:///, file://)")
         return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
-            if response.status != 200:
-                raise StrideError(f"MLflow server {uri} answered /health with HTTP {response.status}")
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
+    outcome: list[BaseException | int] = []
+
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+                outcome.append(response.status)
+        except BaseException as err:  # handed to the caller's thread
+            outcome.append(err)
+
+    worker = threading.Thread(target=probe, name="stride-tracking-probe", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        raise StrideError(f"MLflow tracking server {uri} is unreachable (no answer within {timeout_s:g} s); start it "
+                          "or pass another --tracking-uri")
+    if isinstance(outcome[0], BaseException):
+        reason = getattr(outcome[0], "reason", outcome[0])
         raise StrideError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or pass another "
                           "--tracking-uri") from None
+    if outcome[0] != 200:
+        raise StrideError(f"MLflow server {uri} answered /health with HTTP {outcome[0]}")
 
 
 def ensure_experiment(uri: str, experiment: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from stride.config.schema import StrideConfig
+from stride.names import safe_filename
 from stride.tracking.store import check_reachable, resolve_tracking_uri
 from stride.training import open_datamodule
 from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
@@ -85,7 +86,7 @@ def train_with_ray(config: StrideConfig, *, workers: int, cpus_per_worker: float
         max_concurrency(resources, None)
         storage_path = storage if "://" in storage else str(Path(storage).absolute())
         fit_with_ray_train(job, resources, storage_path=storage_path, max_failures=max_failures,
-                           name=f"{config.name}-train-{time.strftime('%Y%m%d-%H%M%S')}")
+                           name=f"{safe_filename(config.name)}-train-{time.strftime('%Y%m%d-%H%M%S')}")
     run_id = find_run(uri, config, job.run_key)
     run = MlflowClient(uri).get_run(run_id) if run_id else None
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")} if run else {}

@@ -19,7 +19,9 @@ import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
 from stride.errors import StrideError
-from stride.tracking.store import check_reachable, resolve_tracking_uri
+from stride.names import plain_name, safe_filename
+from stride.tracking.run import fail_dead_runs
+from stride.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 from stride.training import open_datamodule
 from stride.tuning import leaderboard, runs
 from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
@@ -109,7 +111,7 @@ def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tra
     check_reachable(uri)
     check_datasets(search)
     storage = storage_root(storage)
-    name = name or f"{search.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = plain_name(name, "--name") if name else f"{safe_filename(search.spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     if read_record(storage, name) is not None:
         raise StrideError(f"search {name!r} already exists in {storage}; continue it with --resume {name} "
                           "or choose another --name")
@@ -117,6 +119,7 @@ def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tra
     try:
         with ray_session(address, state_api=resources.workers > 1, verbose=verbose):
             concurrency = max_concurrency(resources, search.spec.max_concurrent_trials)
+            fail_dead_runs(MlflowClient(uri), ensure_experiment(uri, base.tracking.experiment))
             parent = runs.start_parent(uri, base.tracking.experiment, name, search.spec.model_dump(mode="json"),
                                        {d.key: d.describe() for d in search.dimensions})
             write_record(storage, name, {"name": name, "search": search.to_dict(), "tracking_uri": uri,
@@ -144,7 +147,7 @@ def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | N
     their checkpoints, in the same MLflow parent and child runs."""
     started = time.perf_counter()
     storage = storage_root(storage)
-    record = read_record(storage, name)
+    record = read_record(storage, plain_name(name, "--resume"))
     if record is None:
         raise StrideError(f"no search {name!r} in {storage} (searches there: "
                           f"{', '.join(list_searches(storage)) or 'none'}; pass --storage if it lives elsewhere)")
@@ -270,7 +273,7 @@ def _finish(results, search: ResolvedSearch, uri: str, parent: str, name: str, s
         client.log_artifact(parent, str(leaderboard.write_csv(rows, header, Path(tmp) / "leaderboard.csv")))
         if any(math.isfinite(r[spec.metric]) for r in rows):
             png = leaderboard.plot_metric_vs_params(rows, search.dimensions, spec.metric,
-                                                    Path(tmp) / f"{spec.metric}_vs_params.png")
+                                                    Path(tmp) / f"{safe_filename(spec.metric)}_vs_params.png")
             client.log_artifact(parent, str(png), "plots")
     if best is not None:
         client.log_metric(parent, f"best_{spec.metric}", best[spec.metric])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,8 @@ def find_idx_file(source: Path, stem: str, torchvision_name: str) -> Path:
 def read_idx(path: Path, expected_magic: int) -> np.ndarray:
     try:
         raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as err:
-        raise StrideError(f"{path}: cannot read ({err}); is the download complete?") from None
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupt deflate stream inside the .gz
+        raise StrideError(f"{path}: cannot read ({err}); is the download complete and undamaged?") from None
     if len(raw) < 4:
         raise StrideError(f"{path}: truncated: {len(raw)} bytes, not even an IDX header")
     magic = struct.unpack(">I", raw[:4])[0]

@@ -15,7 +15,8 @@ TASKS = ("classification", "sequence_classification")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are refused everywhere: `optim.lr=.inf` would train on NaN losses
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AugmentConfig(Section):
@@ -38,7 +39,7 @@ class DataConfig(Section):
 
 
 class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")  # the architecture's hyper-parameters; checked by the registry
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # hyper-parameters: checked by the registry
     architecture: str
 
     @property

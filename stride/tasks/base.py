@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from stride.datamodules.image_classification import ShardedDataModule
 
 
+DEFAULT_MAX_PIXELS = 50_000_000  # `stride predict --max-pixels`: larger images are refused unread
+
+
 @dataclass(frozen=True)
 class DataFacts:
     """What a network needs to know about its dataset, so a checkpoint can rebuild it without the data."""
@@ -134,8 +137,9 @@ class Task(ABC):
         """PNG files to log with an evaluation."""
 
     @abstractmethod
-    def read_input(self, path: Path, inputs: TensorSpec) -> np.ndarray:
-        """One file as the exported network's input (raises StrideError naming the file)."""
+    def read_input(self, path: Path, inputs: TensorSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """One file as the exported network's input (raises StrideError naming the file). Images larger
+        than `max_pixels` are refused from their header, before anything is decoded."""
 
     @abstractmethod
     def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int) -> list[Any]:

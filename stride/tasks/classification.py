@@ -25,11 +25,13 @@ from stride.datamodules.image_classification import ImageClassificationData, Sha
 from stride.datamodules.manifest import read_manifest
 from stride.datamodules.sequence_classification import SequenceClassificationData
 from stride.errors import StrideError
+from stride.names import safe_filename
 from stride.lightning_modules.classification import ClassificationModule
 from stride.lightning_modules.normalize import Normalize
 from stride.lightning_modules.sequence_view import SequenceView
 from stride.plots import plot_confusion_matrix, plot_learning_curves
-from stride.tasks.base import DataFacts, Evaluation, ExportedModel, Task, TensorSpec, register_task
+from stride.tasks.base import (DEFAULT_MAX_PIXELS, DataFacts, Evaluation, ExportedModel, Task, TensorSpec,
+                               register_task)
 from stride.text_table import align_columns
 
 log = logging.getLogger(__name__)
@@ -142,10 +144,10 @@ class ClassificationTask(Task):
 
     def evaluation_figures(self, evaluation: Evaluation, folder: Path, title: str) -> list[Path]:
         return [plot_confusion_matrix(evaluation.details["confusion_matrix"], evaluation.details["class_names"],
-                                      folder / f"confusion_matrix_{evaluation.split}.png",
+                                      folder / f"confusion_matrix_{safe_filename(evaluation.split)}.png",
                                       title=f"{title} {evaluation.split}")]
 
-    def read_input(self, path: Path, inputs: TensorSpec) -> np.ndarray:
+    def read_input(self, path: Path, inputs: TensorSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """Images of any size converted as the training data were (mode L or RGB, resized bilinearly to
         the model's H x W, scaled to [0, 1]); `.npy` arrays of the model's input shape (uint8 scaled by
         1/255 like stored image shards, floats used as they are)."""
@@ -153,7 +155,7 @@ class ClassificationTask(Task):
         if suffix == ".npy":
             return read_array(path, inputs.shape)
         if suffix in IMAGE_SUFFIXES:
-            return read_image(path, inputs.shape)
+            return read_image(path, inputs.shape, max_pixels)
         raise StrideError(f"{path}: unsupported file type {suffix or '(none)'} (use .png, .jpg, .jpeg or .npy)")
 
     def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int) -> list[Prediction]:
@@ -201,17 +203,25 @@ def warn_if_receptive_field_short(config: StrideConfig, backbone: nn.Module, len
                     config.name, config.model.architecture, field, length, length - field)
 
 
-def read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def read_image(path: Path, shape: tuple[int, ...], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if len(shape) != 3 or shape[0] not in IMAGE_MODES:
         raise StrideError(f"{path}: the model takes inputs of shape {list(shape)}, not images (1 or 3 x H x W); "
                           "give a .npy array of that shape")
     channels, height, width = shape
+    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels  # PIL checks the header against it
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
+            if image.width * image.height > max_pixels:
+                raise StrideError(f"{path}: {image.width} x {image.height} pixels, more than the limit of "
+                                  f"{max_pixels:,} (a decompression bomb?); raise --max-pixels if it is real")
             converted = image.convert(IMAGE_MODES[channels]).resize((width, height), Image.Resampling.BILINEAR)
             pixels = np.asarray(converted, dtype=np.float32) / 255.0
+    except Image.DecompressionBombError as err:  # PIL's own limit, checked while reading the header
+        raise StrideError(f"{path}: refused as a decompression bomb ({err}); raise --max-pixels if it is real") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise StrideError(f"{path}: not a readable PNG/JPEG image ({err})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 

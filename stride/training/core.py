@@ -25,8 +25,10 @@ from pytorch_lightning.utilities import rank_zero_only
 from stride.config.schema import StrideConfig
 from stride.datamodules.image_classification import ShardedDataModule
 from stride.errors import StrideError
+from stride.names import safe_filename
 from stride.tasks import DataFacts, get_task
 from stride.training.checkpoints import load_weights
+from stride.training.guards import NonFiniteLossGuard
 from stride.training.history import EpochHistory
 from stride.training.speed import apply_speed_options, resolve_precision
 
@@ -107,10 +109,13 @@ def train(config: StrideConfig, *, callbacks: Sequence[pl.Callback] = (), logger
     module = apply_speed_options(task.module(config, facts), config.trainer)
 
     history = next((c for c in callbacks if isinstance(c, EpochHistory)), None)
-    own = [] if history is not None else [history := EpochHistory()]
+    own: list[pl.Callback] = [NonFiniteLossGuard(config.trainer.log_every_n_steps)]
+    if history is None:
+        own.append(history := EpochHistory())
     checkpoint = None
     if launch.test:
-        folder = launch.checkpoint_dir or Path(config.trainer.checkpoint_dir) / f"{config.name}-{uuid.uuid4().hex[:8]}"
+        folder = launch.checkpoint_dir or (Path(config.trainer.checkpoint_dir) /
+                                           f"{safe_filename(config.name)}-{uuid.uuid4().hex[:8]}")
         checkpoint = ModelCheckpoint(dirpath=folder, filename="best-{epoch}", monitor=config.trainer.monitor,
                                      mode=config.trainer.monitor_mode, save_top_k=1, save_last=True)
         own.append(checkpoint)

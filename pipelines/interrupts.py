@@ -1,0 +1,49 @@
+"""Stopping stride with a signal: Ctrl-C (SIGINT) and SIGTERM (schedulers, Kubernetes, `timeout`).
+
+Both unwind the command like Ctrl-C, so an open MLflow run ends KILLED, Lightning tears
+down, and a search stops its trials and saves its state for `--resume`. The command then
+exits 128 + the signal's number (130, 143) and says what was stopped. Lightning turns an
+interrupt into `SystemExit(1)` on its way out; the watch remembers the signal, so the exit
+code is still the signal's.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+WATCHED = (signal.SIGINT, signal.SIGTERM)
+
+
+class SignalWatch:
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = self.received or signum
+        if signum == signal.SIGTERM:
+            # A library that catches Ctrl-C to stop gracefully (Ray Tune during a search) gets SIGTERM the same way.
+            graceful = signal.getsignal(signal.SIGINT)
+            if callable(graceful) and graceful not in (self.handle, signal.default_int_handler):
+                graceful(signal.SIGINT, frame)
+                return
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "SignalWatch":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for signum in WATCHED:
+                self._previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def exit_code(self) -> int:
+        return 128 + (self.received or signal.SIGINT)
+
+    def describe(self) -> str:
+        return signal.Signals(self.received or signal.SIGINT).name
