@@ -14,6 +14,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="search spec YAML file (instead of a built-in name)")
     parser.add_argument("--list", action="store_true", help="list the built-in search specs")
     parser.add_argument("--resume", metavar="NAME", help="continue the interrupted search NAME from --storage")
+    parser.add_argument("--trust-storage", action="store_true",
+                        help="with --resume: load the saved state even if it does not match the digests the search "
+                             "recorded in MLflow (Ray unpickles it: only for folders nobody else can write)")
     parser.add_argument("--name", help="name of this search in --storage and MLflow (default: SPEC-DATE-TIME)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="overrides for the base training config, e.g. data.path=shards/digits")
@@ -48,7 +51,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.resume:
         if args.spec or args.config:
             raise StrideError("--resume NAME continues a search with its recorded spec; give no spec with it")
-        result = resume_search(args.resume, storage=args.storage, address=args.address, verbose=args.verbose)
+        result = resume_search(args.resume, storage=args.storage, address=args.address, verbose=args.verbose,
+                               tracking_uri=args.tracking_uri, trust_storage=args.trust_storage)
     else:
         if bool(args.spec) == bool(args.config):
             raise StrideError("give either a built-in search spec name or --config FILE (see `stride tune --list`)")

@@ -189,3 +189,31 @@ def test_tracking_server_down_fails_before_ray_starts(digits_shards, tmp_path):
 def test_resume_of_an_unknown_search_lists_the_known_ones(tmp_path):
     with pytest.raises(StrideError, match="no search 'nope' in .*searches there: none"):
         resume_search("nope", storage=str(tmp_path))
+
+
+class Exploit:
+    """A pickle that runs code when loaded: it creates `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("planted", ["tuner.pkl", "evil.pkl"])
+def test_resume_refuses_state_that_was_changed_and_runs_nothing(local_ray, mlflow_server, digits_shards, tmp_path,
+                                                                 planted):
+    import pickle
+
+    spec = tiny_spec(tmp_path, digits_shards, f"planted-{planted[:4]}", space={"optim.lr": {"grid": [0.05]}})
+    run_search(spec, overrides=["trainer.max_epochs=1"], tracking_uri=mlflow_server, storage=str(tmp_path / "ray"),
+               name="planted", verbose=0)
+    state = tmp_path / "ray" / "planted"
+    assert (state / "tuner.pkl").is_file()  # Ray's own pickled state, which a resume unpickles
+    marker = tmp_path / "code-ran"
+    (state / planted).write_bytes(pickle.dumps(Exploit(marker)))
+    kind = "changed" if planted == "tuner.pkl" else "unknown"
+    with pytest.raises(StrideError, match=rf"not what stride recorded \({kind}: {planted}\); .*nothing was loaded"):
+        resume_search("planted", storage=str(tmp_path / "ray"), verbose=0)
+    assert not marker.exists()

@@ -25,6 +25,7 @@ from stride.tracking.store import check_reachable, ensure_experiment, resolve_tr
 from stride.training import open_datamodule
 from stride.tuning import leaderboard, runs
 from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
+from stride.tuning.integrity import record_state, verify_state
 from stride.tuning.space import TIME_ATTR
 from stride.tuning.spec import ResolvedSearch, load_search
 
@@ -127,7 +128,7 @@ def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tra
             tuner = _tuner(search, uri, parent, resources, storage, name, concurrency, extra_callbacks, verbose)
             return _finish(tuner.fit(), search, uri, parent, name, storage, started)
     except BaseException:
-        _close_after_crash(uri, parent)
+        _close_after_crash(uri, parent, storage, name)
         raise
 
 
@@ -142,18 +143,25 @@ def check_datasets(search: ResolvedSearch) -> None:
 
 
 def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | None = None,
-                  extra_callbacks: Sequence[pl.Callback] = (), verbose: bool = False) -> SearchResult:
+                  extra_callbacks: Sequence[pl.Callback] = (), verbose: bool = False,
+                  tracking_uri: str | None = None, trust_storage: bool = False) -> SearchResult:
     """Continue an interrupted search: finished trials stay, unfinished and errored ones go on from
-    their checkpoints, in the same MLflow parent and child runs."""
+    their checkpoints, in the same MLflow parent and child runs.
+
+    The saved state is unpickled by Ray, so it is first checked against the digests the search
+    recorded in its MLflow parent run (`tuning.integrity`); `tracking_uri` pins the server that
+    holds them (default: the one the search's record names); `trust_storage` skips the check."""
     started = time.perf_counter()
     storage = storage_root(storage)
     record = read_record(storage, plain_name(name, "--resume"))
     if record is None:
         raise StrideError(f"no search {name!r} in {storage} (searches there: "
                           f"{', '.join(list_searches(storage)) or 'none'}; pass --storage if it lives elsewhere)")
-    search = ResolvedSearch.from_dict(record["search"])
-    uri, parent = record["tracking_uri"], record["parent_run_id"]
+    search = ResolvedSearch.from_dict(record["search"])  # JSON: read without unpickling
+    uri, parent = tracking_uri or record["tracking_uri"], record["parent_run_id"]
     check_reachable(uri)
+    if not trust_storage:
+        verify_state(uri, parent, storage, name)
     resources = TrialResources(**record["resources"])
     check_datasets(search)
     try:
@@ -167,7 +175,7 @@ def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | N
                                        resume_errored=True)
             return _finish(tuner.fit(), search, uri, parent, name, storage, started)
     except BaseException:
-        _close_after_crash(uri, parent)
+        _close_after_crash(uri, parent, storage, name)
         raise
 
 
@@ -216,11 +224,13 @@ def _callbacks(search: ResolvedSearch, uri: str, parent: str, verbose: bool) -> 
     return callbacks
 
 
-def _close_after_crash(uri: str, parent: str | None) -> None:
-    """The driver is going down (Ctrl-C, an error): leave no run RUNNING; --resume reopens them."""
+def _close_after_crash(uri: str, parent: str | None, storage: str, name: str) -> None:
+    """The driver is going down (Ctrl-C, an error): leave no run RUNNING (--resume reopens them) and
+    record the digests of the state Tune saved, so a resume can trust it."""
     if parent is None:
         return
     try:
+        record_state(uri, parent, storage, name)
         runs.close_children(uri, parent, "KILLED")
         if MlflowClient(uri).get_run(parent).info.status == "RUNNING":
             MlflowClient(uri).set_terminated(parent, "KILLED")
@@ -265,6 +275,7 @@ def _finish(results, search: ResolvedSearch, uri: str, parent: str, name: str, s
     """Leaderboard, plot and best-trial tags on the parent run; close it."""
     spec = search.spec
     interrupted = _interrupted(results.experiment_path)
+    record_state(uri, parent, storage, name)  # the state Tune saved is final now
     rows = _rows(results, search, runs.child_runs(uri, parent))
     header = leaderboard.columns(rows, search.dimensions, spec.metric)
     best = next((r for r in rows if math.isfinite(r[spec.metric])), None)
