@@ -1,8 +1,10 @@
 """`stride data prepare sequences`: a user's labelled sequences (.npz) -> stride shards.
 
 The file holds `x` ([N, T] or [N, C, T]) and `y` ([N] integer labels), split here
-deterministically, or explicit `x_train/y_train/x_val/y_val/x_test/y_test`. Optional
-`class_names` (a string array). Arrays are read with `allow_pickle=False`.
+deterministically; or explicit `x_train/y_train/x_test/y_test`, with `x_val/y_val` or a
+validation set carved out of the training arrays (`--val-fraction`). Optional `class_names`
+(a string array). Arrays are read with `allow_pickle=False`. The manifest records only the
+settings that shaped the splits.
 """
 
 from __future__ import annotations
@@ -55,8 +57,16 @@ def _array(archive: np.lib.npyio.NpzFile, name: str, source: Path) -> np.ndarray
                           f"save plain numeric arrays") from None
 
 
+def _carve(x: np.ndarray, y: np.ndarray, count: int, seed: int
+           ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(kept, held out): a seeded split holding out `count` samples."""
+    kept, held = deterministic_split(len(x), count, seed)
+    return (x[kept], y[kept]), (x[held], y[held])
+
+
 def read_sequences(source: Path, val_fraction: float, test_fraction: float, seed: int
-                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str] | None]:
+                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str] | None, dict[str, float]]:
+    """The splits, the class names, and the split settings that were used (for the manifest)."""
     try:
         archive = np.load(source, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
@@ -64,11 +74,21 @@ def read_sequences(source: Path, val_fraction: float, test_fraction: float, seed
     with archive:
         names = set(archive.files)
         class_names = [str(c) for c in _array(archive, "class_names", source)] if "class_names" in names else None
-        if {f"x_{s}" for s in SPLITS} | {f"y_{s}" for s in SPLITS} <= names:
-            splits = {}
-            for split in SPLITS:
-                x = _as_channels_first(_array(archive, f"x_{split}", source), f"x_{split}", source)
-                splits[split] = (x, _labels(_array(archive, f"y_{split}", source), len(x), f"y_{split}", source))
+        def pair(split: str) -> tuple[np.ndarray, np.ndarray]:
+            x = _as_channels_first(_array(archive, f"x_{split}", source), f"x_{split}", source)
+            return x, _labels(_array(archive, f"y_{split}", source), len(x), f"y_{split}", source)
+
+        explicit = {split for split in SPLITS if {f"x_{split}", f"y_{split}"} <= names}
+        if explicit == set(SPLITS):
+            splits, used = {split: pair(split) for split in SPLITS}, {}
+        elif explicit == {"train", "test"}:  # a common layout: validation comes out of the training arrays
+            x, y = pair("train")
+            val_count = round(len(x) * val_fraction)
+            if not 0 < val_count < len(x):
+                raise StrideError(f"{source}: {len(x)} training sequences cannot give a validation split of "
+                                  f"--val-fraction {val_fraction}")
+            train, val = _carve(x, y, val_count, seed)
+            splits, used = {"train": train, "val": val, "test": pair("test")}, {"val_fraction": val_fraction}
         elif {"x", "y"} <= names:
             x = _as_channels_first(_array(archive, "x", source), "x", source)
             y = _labels(_array(archive, "y", source), len(x), "y", source)
@@ -76,17 +96,17 @@ def read_sequences(source: Path, val_fraction: float, test_fraction: float, seed
             if test_count < 1 or val_count < 1 or test_count + val_count >= len(x):
                 raise StrideError(f"{source}: {len(x)} sequences cannot be split into train/val/test with "
                                   f"--val-fraction {val_fraction} and --test-fraction {test_fraction}")
-            rest, test = deterministic_split(len(x), test_count, seed)
-            train_pos, val_pos = deterministic_split(len(rest), val_count, seed + 1)
-            splits = {"train": (x[rest[train_pos]], y[rest[train_pos]]), "val": (x[rest[val_pos]], y[rest[val_pos]]),
-                      "test": (x[test], y[test])}
+            rest, test = _carve(x, y, test_count, seed)
+            train, val = _carve(*rest, val_count, seed + 1)
+            splits = {"train": train, "val": val, "test": test}
+            used = {"val_fraction": val_fraction, "test_fraction": test_fraction}
         else:
-            raise StrideError(f"{source}: expected arrays x and y, or x_train, y_train, x_val, y_val, x_test, "
-                              f"y_test; found {', '.join(sorted(names)) or 'none'}")
+            raise StrideError(f"{source}: expected arrays x and y; or x_train, y_train, x_test, y_test (x_val, y_val "
+                              f"optional); found {', '.join(sorted(names)) or 'none'}")
     shapes = {split: list(x.shape[1:]) for split, (x, _) in splits.items()}
     if len({tuple(s) for s in shapes.values()}) != 1:
         raise StrideError(f"{source}: all splits need the same [C, T] per sequence, got {shapes}")
-    return splits, class_names
+    return splits, class_names, used
 
 
 def prepare_sequences(source: str | Path, out_dir: str | Path, *, val_fraction: float = 0.1,
@@ -95,7 +115,7 @@ def prepare_sequences(source: str | Path, out_dir: str | Path, *, val_fraction: 
     source = Path(source)
     if not source.is_file():
         raise StrideError(f"--source {source} does not exist")
-    splits, class_names = read_sequences(source, val_fraction, test_fraction, seed)
+    splits, class_names, used = read_sequences(source, val_fraction, test_fraction, seed)
     num_classes = int(max(y.max() for _, y in splits.values() if len(y))) + 1
     if class_names is None:
         class_names = [str(c) for c in range(num_classes)]
@@ -114,8 +134,7 @@ def prepare_sequences(source: str | Path, out_dir: str | Path, *, val_fraction: 
         return writer.commit(
             dataset=Path(out_dir).name, task="sequence_classification",
             source={"kind": "npz", "file": str(source.absolute())},
-            parameters={"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
-                        "samples_per_shard": samples_per_shard},
+            parameters={**used, **({"seed": seed} if used else {}), "samples_per_shard": samples_per_shard},
             sample_schema={"npy": {"role": "sequence", "shape": list(train_x.shape[1:]), "dtype": "float32",
                                    "layout": "CT"},
                            "cls": {"role": "label", "dtype": "int", "num_classes": len(class_names)}},

@@ -66,4 +66,19 @@ def run(args: argparse.Namespace) -> int:
     sizes = ", ".join(f"{name} {split.num_samples}" for name, split in manifest.splits.items())
     print(f"wrote {args.out}: {manifest.dataset} ({sizes}; {sum(len(s.shards) for s in manifest.splits.values())} "
           f"shards)")
+    if note := validation_share_note(manifest):
+        print(note)
     return 0
+
+
+SENSIBLE_VAL_SHARE = 0.2
+
+
+def validation_share_note(manifest) -> str | None:
+    """A warning when the validation split takes a large share of what could have been trained on."""
+    train, val = manifest.splits["train"].num_samples, manifest.splits["val"].num_samples
+    share = val / max(1, train + val)
+    if share <= SENSIBLE_VAL_SHARE:
+        return None
+    return (f"warning: validation holds {val} of {train + val} training samples ({share:.0%}), leaving {train} to "
+            f"train on; lower --val-size (about {int(SENSIBLE_VAL_SHARE * (train + val))} keeps {SENSIBLE_VAL_SHARE:.0%})")

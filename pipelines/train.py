@@ -62,8 +62,25 @@ def train_and_record(config: "StrideConfig", *, tracking_uri: str | None = None)
     fail_dead_runs(MlflowClient(uri), ensure_experiment(uri, config.tracking.experiment))
     with MlflowRun(uri, config) as run:
         launch = Launch(checkpoint_dir=str(Path(config.trainer.checkpoint_dir) / run.run_id))
-        outcome = train(config, callbacks=run.callbacks, loggers=[run.logger], launch=launch)
+        outcome = train(config, callbacks=[*run.callbacks, announce_model_callback()], loggers=[run.logger], launch=launch)
     return RecordedTraining(outcome, uri, run.run_id, run.experiment_id, run.model_uri)
+
+
+def announce_model_callback():
+    import pytorch_lightning as pl
+
+    class AnnounceModel(pl.Callback):
+        """`stride train` says what it trains before the first step: architecture, parameters, data."""
+
+        def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+            if stage == "fit" and trainer.is_global_zero:
+                config = pl_module.hparams["stride"]["config"]
+                count = sum(p.numel() for p in pl_module.parameters())
+                split = trainer.datamodule.manifest.splits["train"].num_samples
+                print(f"training {config['name']}: {config['model']['architecture']} with {count:,} parameters on "
+                      f"{split:,} training samples", flush=True)
+
+    return AnnounceModel()
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -90,3 +90,17 @@ def test_cli_reports_missing_source(tmp_path, capsys):
 
     assert main(["data", "prepare", "mnist", "--out", str(tmp_path / "o")]) == 2
     assert "needs --source" in capsys.readouterr().err
+
+
+def test_a_validation_split_eating_the_training_file_is_warned(tmp_path, capsys):
+    """5,000 validation images from an 8,000-image file (the default) leaves 3,000: say so."""
+    from stride.pipelines.cli import main
+
+    write_mnist_folder(tmp_path / "raw", train=8000, test=10)
+    assert main(["data", "prepare", "mnist", "--source", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
+                 "--shard-size", "4000"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: validation holds 5000 of 8000 training samples (62%), leaving 3000 to train on" in out
+    assert main(["data", "prepare", "mnist", "--source", str(tmp_path / "raw"), "--out", str(tmp_path / "ok"),
+                 "--val-size", "800", "--shard-size", "4000"]) == 0
+    assert "warning" not in capsys.readouterr().out

@@ -59,3 +59,4 @@ def test_wheel_installs_into_a_fresh_venv_and_trains(tmp_path, digits_shards):
                   "trainer.max_epochs=1", "model.channels=4", "trainer.enable_progress_bar=false",
                   f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}", cwd=tmp_path, env=env).stdout
     assert "test_acc=" in trained and "models:/m-" in trained
+    assert "training digits-cnn: digits_cnn with 1,044 parameters on 1,257 training samples" in trained

@@ -130,14 +130,16 @@ def test_npz_explicit_splits_and_class_names_train_end_to_end(tmp_path, mlflow_s
 
 @pytest.mark.parametrize("arrays,message", [
     (dict(x=np.zeros((10, 5), np.float32), y=np.zeros(9, np.int64)), "y must be a vector of 10 labels"),
-    (dict(x=np.zeros((10, 5), np.float32), y=np.zeros(10, np.float32)), "non-negative integer labels"),
-    (dict(x=np.zeros((10, 5), np.float32), y=-np.ones(10, np.int64)), "non-negative integer labels"),
+    (dict(x=np.zeros((10, 5), np.float32), y=np.zeros(10, np.float32)), "must hold integer labels, got dtype float32"),
+    (dict(x=np.zeros((10, 5), np.float32), y=-np.ones(10, np.int64)), r"holds a negative label \(-1 at index 0\)"),
     (dict(x=np.zeros((10,), np.float32), y=np.zeros(10, np.int64)), r"shape \[N, T\] or \[N, C, T\]"),
     (dict(x=np.full((10, 5), np.nan, np.float32), y=np.zeros(10, np.int64)), "NaN"),
     (dict(inputs=np.zeros((10, 5)), labels=np.zeros(10)), "expected arrays x and y"),
     (dict(x_train=np.zeros((8, 5)), y_train=np.zeros(8, np.int64), x_val=np.zeros((2, 6)), y_val=np.zeros(2, np.int64),
           x_test=np.zeros((2, 5)), y_test=np.zeros(2, np.int64)), "same \\[C, T\\]"),
     (dict(x=np.zeros((3, 5)), y=np.zeros(3, np.int64)), "cannot be split"),
+    (dict(x_train=np.zeros((1, 5)), y_train=np.zeros(1, np.int64), x_test=np.zeros((2, 5)),
+          y_test=np.zeros(2, np.int64)), "1 training sequences cannot give a validation split"),
 ])
 def test_bad_sequence_files_name_the_file_and_array(tmp_path, arrays, message):
     source = write_npz(tmp_path / "bad.npz", **arrays)
@@ -167,9 +169,26 @@ def test_sequence_task_on_sequence_manifest_and_mismatch(tmp_path, digits_shards
     config = load_config("tcn-digits", [f"data.path={tmp_path / 'seq'}", "model.num_blocks=2"])
     assert isinstance(get_task(config.task).datamodule(config), SequenceClassificationData)
     image_task = load_config("digits-cnn", [f"data.path={tmp_path / 'seq'}"])
-    with pytest.raises(StrideError, match="sequence_classification"):
+    with pytest.raises(StrideError, match=r"dataset task is 'sequence_classification'.*recipes .*tcn-digits.*"
+                                          r"architectures gru, lstm, tcn"):
         get_task(image_task.task).datamodule(image_task)
     permuted = load_config("tcn-digits", [f"data.path={tmp_path / 'seq'}", "data.sequence_view=permuted"])
     with pytest.raises(StrideError, match="data.sequence_view=permuted: .* already holds sequences"):
         get_task(permuted.task).datamodule(permuted)
     json.loads((tmp_path / "seq" / "manifest.json").read_text())
+
+
+def test_train_and_test_arrays_get_a_validation_split_from_the_training_arrays(tmp_path):
+    """The common x_train/y_train/x_test/y_test layout; the manifest records only the settings used."""
+    x_train, y_train = np.arange(40 * 6, dtype=np.float32).reshape(40, 6), np.arange(40) % 2
+    x_test, y_test = np.zeros((7, 6), np.float32), np.arange(7) % 2
+    manifest = prepare_sequences(write_npz(tmp_path / "tt.npz", x_train=x_train, y_train=y_train, x_test=x_test,
+                                           y_test=y_test), tmp_path / "out", val_fraction=0.25)
+    assert {k: v.num_samples for k, v in manifest.splits.items()} == {"train": 30, "val": 10, "test": 7}
+    assert manifest.parameters == {"val_fraction": 0.25, "seed": 0, "samples_per_shard": 5000}
+    train, _ = read_all(tmp_path / "out", "train")
+    val, _ = read_all(tmp_path / "out", "val")
+    assert sorted(np.concatenate([train, val])[:, 0, 0].tolist()) == x_train[:, 0].tolist()  # carved, not lost
+    explicit = prepare_sequences(write_npz(tmp_path / "all.npz", x_train=x_train, y_train=y_train, x_val=x_test,
+                                           y_val=y_test, x_test=x_test, y_test=y_test), tmp_path / "all")
+    assert explicit.parameters == {"samples_per_shard": 5000}  # no fraction or seed shaped these splits

@@ -70,7 +70,7 @@ class ClassificationTask(Task):
         manifest_task = read_manifest(data.path).task
         if manifest_task not in self.dataset_tasks:
             raise StrideError(f"{data.path}: dataset task is {manifest_task!r}, but task {self.name!r} trains on "
-                              f"{' or '.join(map(repr, self.dataset_tasks))} datasets")
+                              f"{' or '.join(map(repr, self.dataset_tasks))} datasets; {fitting(manifest_task)}")
         kwargs: dict[str, Any] = dict(batch_size=data.batch_size, eval_batch_size=data.eval_batch_size,
                                       num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
                                       pin_memory=data.pin_memory, seed=config.trainer.seed, normalize=data.normalize)
@@ -191,6 +191,19 @@ class SequenceClassificationTask(ClassificationTask):
         length = math.prod(facts.input_shape[1:])  # pixels as a sequence (docs/models.md, A2)
         seed = config.data.permutation_seed if config.data.sequence_view == "permuted" else None
         return [SequenceView(length, seed)], (facts.input_shape[0], length)
+
+
+def fitting(manifest_task: str) -> str:
+    """The recipes and architectures that do train on a dataset of this kind, for an error message."""
+    from stride.architectures import names
+    from stride.config.loading import load_raw, recipe_names
+    from stride.tasks.base import get_task, task_names
+
+    tasks = [t for t in task_names() if manifest_task in get_task(t).dataset_tasks]
+    recipes = [r for r in recipe_names() if load_raw(r)[0].get("task", "classification") in tasks]
+    architectures = sorted({a for t in tasks for a in names(t)})
+    return (f"for it use task {' or '.join(tasks) or '(none)'}: recipes {', '.join(recipes) or '(none)'}; "
+            f"architectures {', '.join(architectures) or '(none)'}")
 
 
 def warn_if_receptive_field_short(config: StrideConfig, backbone: nn.Module, length: int) -> None:
