@@ -7,6 +7,7 @@ trial sits PENDING forever.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -115,13 +116,37 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, state_ap
         check_address(address)
     # "local": a new embedded instance, never a leftover `ray start` cluster Ray would otherwise pick up
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus,
-                                                         "include_dashboard": state_api}
+                                                         "include_dashboard": state_api,
+                                                         "_node_ip_address": LOOPBACK}
     kwargs.update(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
     try:
-        ray.init(**kwargs)
+        with contextlib.nullcontext() if address else loopback_node():
+            ray.init(**kwargs)
     except (ConnectionError, TimeoutError, RuntimeError) as err:
         raise StrideError(f"cannot connect to the Ray cluster at {address or 'a new local instance'}: {err}") from None
     return True
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextmanager
+def loopback_node() -> Iterator[None]:
+    """An embedded Ray whose every server (GCS, raylet, workers, agents, metrics) listens on 127.0.0.1 only.
+
+    Ray binds its servers to the node's IP address, but `ray.init` deliberately turns a loopback
+    node address into the machine's network address so that other nodes could join. An
+    embedded Ray has no other nodes, so that one conversion is skipped while it starts
+    (checked by tests/test_ray_loopback.py, which lists the listening sockets).
+    """
+    import ray._private.services as services
+
+    resolve = services.resolve_ip_for_localhost
+    services.resolve_ip_for_localhost = lambda host: host if host == LOOPBACK else resolve(host)
+    try:
+        yield
+    finally:
+        services.resolve_ip_for_localhost = resolve
 
 
 @contextmanager
