@@ -46,3 +46,28 @@ def test_small_sequence_model_learns_digit_sequences(name, digit_sequences, tmp_
 
     params = mlflow.MlflowClient(mlflow_server).get_run(result.run_id).data.params
     assert (params["data.sequence_view"], params["data.permutation_seed"]) == ("permuted", "5")
+
+
+def test_a_recurrent_model_exports_without_warnings_and_computes_what_it_trained(digit_sequences, tmp_path,
+                                                                                mlflow_server):
+    import warnings
+
+    import mlflow
+    import numpy as np
+    import torch
+
+    from stride.training.checkpoints import load_module
+
+    config = load_config("gru-digits", [f"data.path={digit_sequences}", "model.hidden_size=8", "trainer.max_epochs=1",
+                                        f"trainer.checkpoint_dir={tmp_path}", "trainer.enable_progress_bar=false",
+                                        "tracking.experiment=tests-sequences"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(config, tracking_uri=mlflow_server)
+    assert not [w for w in caught if "_flat_weights" in str(w.message)]
+    mlflow.set_tracking_uri(mlflow_server)
+    exported = mlflow.pytorch.load_model(result.model_uri)
+    _, module = load_module(result.outcome.best_checkpoint)
+    images = torch.from_numpy(np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(images), torch.softmax(module.eval()(images), dim=1))

@@ -6,6 +6,8 @@ arbitrary objects. The signature's batch dimension is dynamic.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from mlflow.models import ModelSignature
@@ -23,7 +25,12 @@ def log_exported(model: ExportedModel, name: str = "model") -> str:
     signature = ModelSignature(
         inputs=Schema([TensorSpec(dtype, (-1, *model.inputs.shape))]),
         outputs=Schema([TensorSpec(np.dtype(model.outputs.dtype), (-1, *model.outputs.shape))]))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # nn.LSTM/GRU rebuild their `_flat_weights` list, of the very same parameters, while being traced;
+        # torch.export reports that as attributes assigned during export. The graph is unaffected: the
+        # exported model computes what the network does (tests/test_sequence_training.py).
+        warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights.* were assigned during "
+                                                  "export")
         info = mlflow.pytorch.log_model(model.network, name=name, signature=signature, input_example=example,
                                         serialization_format="pt2", pip_requirements=["torch", "numpy"])
     return info.model_uri
