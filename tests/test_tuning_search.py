@@ -217,3 +217,61 @@ def test_resume_refuses_state_that_was_changed_and_runs_nothing(local_ray, mlflo
     with pytest.raises(StrideError, match=rf"not what stride recorded \({kind}: {planted}\); .*nothing was loaded"):
         resume_search("planted", storage=str(tmp_path / "ray"), verbose=0)
     assert not marker.exists()
+
+
+def test_a_ray_train_worker_killed_mid_epoch_restarts_the_trial_in_the_same_run(local_ray, mlflow_server,
+                                                                                 digits_shards, tmp_path):
+    """Rank 1 of a 2-worker trial dies mid-epoch; Ray Train restarts the group from the last checkpoint and
+    rank 0 continues the trial's MLflow run instead of opening a second one."""
+    import pytorch_lightning as pl
+
+    marker = tmp_path / "rank1-crashed"
+
+    class CrashRankOneOnce(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 2 and trainer.global_rank == 1 and not marker.exists():
+                marker.touch()
+                os._exit(1)  # a worker process dying like an OOM kill, in the middle of epoch 2
+
+    spec = tiny_spec(tmp_path, digits_shards, "ddp-crash", space={"optim.lr": {"choice": [0.05]}}, max_failures=1)
+    result = run_search(spec, overrides=["trainer.max_epochs=3", "data.batch_size=64"], tracking_uri=mlflow_server,
+                        storage=str(tmp_path / "ray"), name="ddp-crash", resources=TrialResources(cpus=2, workers=2),
+                        extra_callbacks=[CrashRankOneOnce()], verbose=0)
+    assert marker.exists()
+    runs = children(mlflow_server, result.parent_run_id)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # continued, not duplicated
+    history = mlflow.MlflowClient(mlflow_server).get_metric_history(runs[0].info.run_id, "val_acc")
+    assert len({m.step for m in history}) == 3  # epochs 1, 2 (after the restart) and 3, each once
+    assert runs[0].data.metrics["test_samples"] == 360 and result.rows[0]["status"] == "completed"
+
+
+def test_a_search_driver_killed_with_sigkill_resumes_without_duplicates(local_ray, mlflow_server, digits_shards,
+                                                                        tmp_path):
+    """kill -9 of `stride tune`: no digests were recorded, so resume needs --trust-storage (the folder is ours);
+    then every trial has exactly one run and the leaderboard is complete."""
+    spec = tiny_spec(tmp_path, digits_shards, "sigkill")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "stride.pipelines.cli", "tune", "--config", spec, "--name", "killed",
+         "--storage", str(tmp_path / "ray"), "--tracking-uri", mlflow_server],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = mlflow.MlflowClient(mlflow_server)
+    deadline = time.monotonic() + 240
+    finished = []
+    while time.monotonic() < deadline and driver.poll() is None:
+        experiment = client.get_experiment_by_name("sigkill")
+        if experiment is not None:
+            finished = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
+            if finished:
+                break
+        time.sleep(1)
+    assert finished, driver.communicate()[0][-3000:] if driver.poll() is not None else "no trial finished in time"
+    driver.kill()
+    driver.communicate(timeout=60)
+    with pytest.raises(StrideError, match="holds no digests of its saved state .* --trust-storage"):
+        resume_search("killed", storage=str(tmp_path / "ray"), verbose=0)
+    result = resume_search("killed", storage=str(tmp_path / "ray"), verbose=0, trust_storage=True)
+    search_id = finished[0].data.tags[SEARCH_ID_TAG]
+    runs = children(mlflow_server, search_id)
+    assert len(runs) == 3 and len({r.data.tags[TRIAL_ID_TAG] for r in runs}) == 3  # zero duplicates
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(result.rows) == 3
+    assert all(row["status"] == "completed" for row in result.rows)

@@ -18,7 +18,7 @@ from stride.tuning.cluster import TrialResources
 from stride.tuning.distributed import fit_with_ray_train, storage_join
 from stride.tuning.job import TrainingJob, train_in_ray
 from stride.tuning.pbt import ApplyTrialOptim
-from stride.tuning.runs import SEARCH_ID_TAG, TRIAL_ID_TAG, trial_run_key
+from stride.tuning.runs import SEARCH_ID_TAG, TRIAL_ID_TAG, find_run, trial_run_key
 from stride.tuning.spec import ResolvedSearch
 
 
@@ -53,6 +53,15 @@ def trial_run_name(recipe: str, params: dict[str, Any]) -> str:
     return " ".join([recipe, *(f"{key.rsplit('.', 1)[-1]}={shown(value)}" for key, value in sorted(params.items()))])
 
 
+def finished_run(job: TrainingJob):
+    """The trial's MLflow run if an earlier attempt already finished it, else None."""
+    from mlflow.tracking import MlflowClient
+
+    run_id = find_run(job.tracking_uri, job.config, job.run_key)
+    run = MlflowClient(job.tracking_uri).get_run(run_id) if run_id else None
+    return run if run is not None and run.info.status == "FINISHED" else None
+
+
 def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     """One trial, with one worker or many."""
     from ray import tune
@@ -65,6 +74,11 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     job = TrainingJob(config, setup.tracking_uri, run_key=trial_run_key(setup.search_id, trial_id),
                       run_name=trial_run_name(config.name, params), parent_run_id=setup.search_id,
                       tags={SEARCH_ID_TAG: setup.search_id, TRIAL_ID_TAG: trial_id}, extra_callbacks=callbacks)
+    if finished := finished_run(job):
+        # Tune lost the news that this trial finished (its driver was killed before saving its state):
+        # report what the run recorded instead of training, testing and logging it a second time
+        tune.report({k: v for k, v in finished.data.metrics.items()})
+        return
     if setup.resources.workers == 1:
         train_in_ray(job, distributed=False)
         return
