@@ -59,17 +59,22 @@ def wait_for_http(url: str, timeout_s: float, process: subprocess.Popen | None =
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real MLflow tracking server on 127.0.0.1 with a SQLite backend and proxied local artifacts."""
     root = tmp_path_factory.mktemp("mlflow-server")
+    yield from running_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root)
+
+
+def running_mlflow_server(backend_store_uri: str, root: Path, workers: int = 1):
+    """Start `mlflow server` on 127.0.0.1 with proxied artifacts under `root`; yield its URI; stop it."""
     port = free_port()
     log = root / "server.log"
     with open(log, "w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
+             "--workers", str(workers)],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=root)
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{uri}/health", 120, process, log)
+        wait_for_http(f"{uri}/health", 180, process, log)
         yield uri
     finally:
         process.terminate()

@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import free_port, wait_for_http
+from conftest import running_mlflow_server
 from stride.pipelines.cli import main
 
 pytestmark = pytest.mark.slow
@@ -32,19 +32,9 @@ def postgres_mlflow(tmp_path_factory: pytest.TempPathFactory) -> str:
     database.psql("CREATE DATABASE mlflow;")
     socket_folder = database.get_uri().split("host=")[1]
     backend = f"postgresql+psycopg2://postgres:@/mlflow?host={socket_folder}"
-    port = free_port()
-    log = root / "server.log"
-    with open(log, "w") as handle:
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-                                   "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                                   "--port", str(port), "--workers", "2"], stdout=handle, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{uri}/health", 180, server, log)
-        yield uri
+        yield from running_mlflow_server(backend, root, workers=2)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         database.cleanup()
 
 

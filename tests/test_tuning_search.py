@@ -43,6 +43,24 @@ def tiny_spec(tmp_path: Path, digits_shards: Path, experiment: str, **fields) ->
     return str(path)
 
 
+def driver_with_a_finished_trial(spec: str, name: str, experiment: str, uri: str, tmp_path: Path):
+    """`stride tune` in its own process, returned once one of its trials has finished (with that run)."""
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "stride.pipelines.cli", "tune", "--config", spec, "--name", name,
+         "--storage", str(tmp_path / "ray"), "--tracking-uri", uri],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = mlflow.MlflowClient(uri)
+    deadline = time.monotonic() + 240
+    finished = []
+    while time.monotonic() < deadline and driver.poll() is None and not finished:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            finished = client.search_runs([found.experiment_id], filter_string="attributes.status = 'FINISHED'")
+        time.sleep(1)
+    assert finished, driver.communicate()[0][-3000:] if driver.poll() is not None else "no trial finished in time"
+    return driver, finished
+
+
 def children(uri: str, search_id: str) -> list:
     client = mlflow.MlflowClient(uri)
     experiment = client.get_run(search_id).info.experiment_id
@@ -124,21 +142,8 @@ def test_killed_worker_restarts_the_trial_from_its_checkpoint(local_ray, mlflow_
 def test_interrupted_search_resumes_without_rerunning_or_duplicating(local_ray, mlflow_server, digits_shards,
                                                                      tmp_path):
     spec = tiny_spec(tmp_path, digits_shards, "resume")
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "stride.pipelines.cli", "tune", "--config", spec, "--name", "interrupted",
-         "--storage", str(tmp_path / "ray"), "--tracking-uri", mlflow_server],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver, finished = driver_with_a_finished_trial(spec, "interrupted", "resume", mlflow_server, tmp_path)
     client = mlflow.MlflowClient(mlflow_server)
-    deadline = time.monotonic() + 240
-    finished = []
-    while time.monotonic() < deadline and driver.poll() is None:
-        experiment = client.get_experiment_by_name("resume")
-        if experiment is not None:
-            finished = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
-            if finished:
-                break
-        time.sleep(1)
-    assert finished, driver.communicate()[0][-3000:] if driver.poll() is not None else "no trial finished in time"
     driver.send_signal(signal.SIGINT)  # Ctrl-C
     output = driver.communicate(timeout=120)[0]
     assert driver.returncode == 130, output[-3000:]
@@ -250,21 +255,7 @@ def test_a_search_driver_killed_with_sigkill_resumes_without_duplicates(local_ra
     """kill -9 of `stride tune`: no digests were recorded, so resume needs --trust-storage (the folder is ours);
     then every trial has exactly one run and the leaderboard is complete."""
     spec = tiny_spec(tmp_path, digits_shards, "sigkill")
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "stride.pipelines.cli", "tune", "--config", spec, "--name", "killed",
-         "--storage", str(tmp_path / "ray"), "--tracking-uri", mlflow_server],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client = mlflow.MlflowClient(mlflow_server)
-    deadline = time.monotonic() + 240
-    finished = []
-    while time.monotonic() < deadline and driver.poll() is None:
-        experiment = client.get_experiment_by_name("sigkill")
-        if experiment is not None:
-            finished = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
-            if finished:
-                break
-        time.sleep(1)
-    assert finished, driver.communicate()[0][-3000:] if driver.poll() is not None else "no trial finished in time"
+    driver, finished = driver_with_a_finished_trial(spec, "killed", "sigkill", mlflow_server, tmp_path)
     driver.kill()
     driver.communicate(timeout=60)
     with pytest.raises(StrideError, match="holds no digests of its saved state .* --trust-storage"):
