@@ -266,3 +266,4 @@ def test_a_search_driver_killed_with_sigkill_resumes_without_duplicates(local_ra
     assert len(runs) == 3 and len({r.data.tags[TRIAL_ID_TAG] for r in runs}) == 3  # zero duplicates
     assert {r.info.status for r in runs} == {"FINISHED"} and len(result.rows) == 3
     assert all(row["status"] == "completed" for row in result.rows)
+

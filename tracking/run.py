@@ -40,6 +40,7 @@ MODEL_URI_TAG = "stride.model_uri"
 MAX_PARAM_CHARS = 6000
 # the process that owns a RUNNING run, so a later stride command can tell a live run from a ghost
 HOST_TAG, PID_TAG, PROCESS_STARTED_TAG = "stride.host", "stride.pid", "stride.process_started"
+PERTURBED_PREFIX = "stride.perturbed."  # a continued run trained on with other values (PBT): their history
 
 
 def process_tags() -> dict[str, str]:
@@ -122,7 +123,8 @@ class MlflowRun(EpochHistory):
                 self.client.set_tag(run_id, key, value)
             self.client.update_run(run_id, status="RUNNING")
         self.run_id: str = run.info.run_id
-        self._params_logged = set(run.data.params)
+        self._params_logged = dict(run.data.params)  # a continued run keeps its first values ...
+        self._perturbed = {k: v for k, v in run.data.tags.items() if k.startswith(PERTURBED_PREFIX)}
         self.model_uri: str | None = None
         self._ended = False
         self._started_s = time.perf_counter()
@@ -143,10 +145,18 @@ class MlflowRun(EpochHistory):
         datamodule = trainer.datamodule
         params = flatten(config_to_dict(self.config))
         params["model.num_params"] = sum(p.numel() for p in pl_module.parameters())
-        fresh = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items() if k not in self._params_logged]
+        shown = {k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()}
+        fresh = [Param(k, v) for k, v in shown.items() if k not in self._params_logged]
         for start in range(0, len(fresh), 100):  # MLflow takes at most 100 params per call
             self.client.log_batch(self.run_id, params=fresh[start:start + 100])
-        self._params_logged |= set(params)
+        # ... so values changed since (PBT's explore step) are recorded as tags: first -> ... -> current
+        for key, value in shown.items():
+            tag = PERTURBED_PREFIX + key
+            history = self._perturbed.get(tag, self._params_logged.get(key, value))
+            if history.rsplit(" -> ", 1)[-1] != value:
+                self._perturbed[tag] = f"{history} -> {value}"
+                self.client.set_tag(self.run_id, tag, self._perturbed[tag][-5000:])
+        self._params_logged = {**shown, **self._params_logged}
         path, sha = str(Path(datamodule.root).absolute()), datamodule.dataset_sha256
         for key, value in {"dataset.path": path, "dataset.name": datamodule.manifest.dataset,
                            "dataset.manifest_sha256": sha}.items():

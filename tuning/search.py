@@ -205,10 +205,20 @@ def _tuner(search: ResolvedSearch, uri, parent, resources, storage, name, concur
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=2 if verbose else 0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints,
-                                                    checkpoint_score_attribute=spec.metric,
-                                                    checkpoint_score_order=spec.mode),
+            checkpoint_config=checkpoint_config(spec),
             callbacks=_callbacks(search, uri, parent, verbose)))
+
+
+def checkpoint_config(spec):
+    """Keep each trial's best `keep_checkpoints` by the metric; under PBT every checkpoint, since an
+    exploit step restarts a trial from another trial's checkpoint, which that trial may have moved past
+    (and a pruned one would fail the restarted trial)."""
+    from ray import tune
+
+    if spec.scheduler.name == "pbt":
+        return tune.CheckpointConfig(num_to_keep=None)
+    return tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=spec.metric,
+                                 checkpoint_score_order=spec.mode)
 
 
 def _callbacks(search: ResolvedSearch, uri: str, parent: str, verbose: bool) -> list:

@@ -48,9 +48,10 @@ def scheduler(spec: SearchSpec, dimensions: list[Dimension], base: StrideConfig)
     if s.name == "pbt":
         mutations = {d.key: (list(d.args) if d.is_discrete else tune_domain(d)) for d in dimensions
                      if d.key != "model.architecture" and not d.key.startswith("model.")}
+        # PBT takes no seed of its own: its choices follow Python's `random`, which the search seeds
         return PopulationBasedTraining(time_attr=TIME_ATTR, perturbation_interval=s.perturbation_interval,
                                        hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
-                                       resample_probability=s.resample_probability, seed=spec.seed)
+                                       resample_probability=s.resample_probability)
     # max_t one past the last epoch: ASHA stops every trial that reaches max_t, and a trial that
     # trained all its epochs must still test its best checkpoint and log its model after its last report.
     max_epochs = base.trainer.max_epochs or 1
