@@ -25,6 +25,7 @@ def loader_throughput(config: StrideConfig, num_workers: int, *, batches: int, w
     turned into what the model consumes, as in training; augmentation is left out.
     """
     datamodule = open_datamodule(config, num_workers=num_workers)
+    datamodule.cache_device_override = device  # data.cache=device: the splits on the measured device
     batches_iter = endless(datamodule.train_dataloader())
     samples = 0
     started = 0.0

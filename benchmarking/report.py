@@ -51,6 +51,11 @@ def versions() -> dict[str, str]:
     return found
 
 
+def trained_workers(config: StrideConfig) -> int:
+    """The loader processes training really uses: none for a decoded cache."""
+    return config.data.num_workers if config.data.cache == "none" else 0
+
+
 def default_worker_counts(config: StrideConfig) -> list[int]:
     return sorted({n for n in (0, 1, 2, 4, 8) if n <= (os.cpu_count() or 1)} | {config.data.num_workers})
 
@@ -69,10 +74,14 @@ class BenchReport:
     warmup_steps: int
     repeats: int
     recipe_workers: int
+    cache: str = "none"  # data.cache of the measured path
     loader: list[dict[str, Any]] = field(default_factory=list)  # one row per worker count
     stride: dict[str, float] = field(default_factory=dict)
     bare: dict[str, float] = field(default_factory=dict)
     ratio: float = 0.0  # stride samples/s over bare samples/s
+    # the loader's rate at the workers the recipe trains with, over the rate training consumes samples:
+    # below 1 the loader is the bottleneck
+    loader_headroom: float = 0.0
     # on a CPU: the same ratio from this process's CPU time, robust to other jobs on the machine
     ratio_by_cpu_time: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -84,7 +93,7 @@ class BenchReport:
     def text(self) -> str:
         lines = [f"stride bench {self.recipe}: batch {self.batch_size}, {self.steps} timed steps after "
                  f"{self.warmup_steps} warm-up (best of {self.repeats}), precision {self.precision}, "
-                 f"channels_last {self.channels_last}, compile {self.compile}",
+                 f"channels_last {self.channels_last}, compile {self.compile}, data.cache {self.cache}",
                  f"device: {self.accelerator} {self.device}",
                  f"dataset: {self.dataset}"]
         for row in self.loader:
@@ -93,10 +102,16 @@ class BenchReport:
         lines.append(f"  stride training:          {self.stride['samples_per_s']:>12,.0f} samples/s")
         lines.append(f"  bare PyTorch loop:        {self.bare['samples_per_s']:>12,.0f} samples/s")
         lines.append(f"  ratio stride/bare:        {self.ratio:>12.3f}")
+        lines.append(f"  loader headroom:          {self.loader_headroom:>12.1f} x")
         if self.ratio_by_cpu_time is not None:
             lines.append(f"  ... by process CPU time:  {self.ratio_by_cpu_time:>12.3f}")
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()))
         return "\n".join(lines)
+
+
+def significant(value: float, digits: int = 4) -> float:
+    """Rounded to `digits` significant digits: a ratio of 0.0237 keeps as much precision as 0.937."""
+    return float(f"{value:.{digits}g}")
 
 
 def best(runs: list[Throughput]) -> dict[str, Any]:
@@ -120,7 +135,10 @@ def run_benchmark(config: StrideConfig, *, steps: int = 100, warmup_steps: int =
         accelerator=device.type, precision=resolve_precision(config.trainer),
         channels_last=resolve_channels_last(config.trainer, build_network(config)),
         compile=config.trainer.compile, batch_size=config.data.batch_size, steps=steps, warmup_steps=warmup_steps,
-        repeats=repeats, recipe_workers=config.data.num_workers, versions=versions(), command=command)
+        repeats=repeats, recipe_workers=trained_workers(config), cache=config.data.cache, versions=versions(),
+        command=command)
+    if config.data.cache != "none":
+        workers = [0]  # a decoded cache is served by the training process itself
     for count in default_worker_counts(config) if workers is None else workers:
         measured = loader_throughput(config, count, batches=loader_batches or steps, warmup_batches=warmup_steps,
                                      device=device)
@@ -133,8 +151,11 @@ def run_benchmark(config: StrideConfig, *, steps: int = 100, warmup_steps: int =
             stride_runs.append(stride_throughput(config, steps=steps, warmup_steps=warmup_steps, tracking_uri=uri,
                                                  workdir=workdir))
     report.bare, report.stride = best(bare_runs), best(stride_runs)
-    report.ratio = round(report.stride["samples_per_s"] / report.bare["samples_per_s"], 4)
+    report.ratio = significant(report.stride["samples_per_s"] / report.bare["samples_per_s"])
+    feeding = next((row for row in report.loader if row["workers"] == report.recipe_workers), None)
+    if feeding is not None:
+        report.loader_headroom = significant(feeding["samples_per_s"] / report.stride["samples_per_s"])
     if device.type == "cpu":  # the least CPU time of each, as for wall time
-        report.ratio_by_cpu_time = round(min(r.cpu_seconds for r in bare_runs) /
-                                         min(r.cpu_seconds for r in stride_runs), 4)
+        report.ratio_by_cpu_time = significant(min(r.cpu_seconds for r in bare_runs) /
+                                               min(r.cpu_seconds for r in stride_runs))
     return report

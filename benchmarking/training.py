@@ -8,11 +8,10 @@ from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from stride.benchmarking.timing import Throughput, cpu_s, now_s
 from stride.config.schema import StrideConfig
-from stride.lightning_modules.classification import build_optimizer
+from stride.lightning_modules.classification import build_optimizer, classification_loss
 from stride.tasks import DataFacts, get_task
 from stride.tracking.run import MlflowRun
 from stride.training import Launch, open_datamodule, train
@@ -109,7 +108,7 @@ def bare_throughput(config: StrideConfig, *, steps: int, warmup_steps: int, devi
             started, cpu_started = now_s(device), cpu_s()
         inputs, labels = batches[index % len(batches)]
         with autocast():
-            loss = F.cross_entropy(forward(inputs), labels)
+            loss = classification_loss(forward(inputs), labels)[1]  # GoogLeNet adds its auxiliary heads
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from stride.datamodules.augment import random_horizontal_flip, random_shift
+from stride.datamodules.cache import CACHE_MODES, CachedStream, check_budget, default_budget_bytes, open_decoded_split
 from stride.datamodules.manifest import manifest_sha256, read_manifest, verify_shards
 from stride.datamodules.streaming import ShardStream, stack_batch
 from stride.errors import StrideError
@@ -42,8 +43,16 @@ class ShardedDataModule(pl.LightningDataModule):
 
     def __init__(self, path: str | Path, *, batch_size: int, eval_batch_size: int | None = None,
                  num_workers: int = 0, shuffle_buffer: int = 1000, pin_memory: bool = True, seed: int = 0,
-                 verify_checksums: bool = True, normalize: str = "dataset"):
+                 verify_checksums: bool = True, normalize: str = "dataset", cache: str = "none",
+                 cache_budget_bytes: int | None = None):
         super().__init__()
+        if cache not in CACHE_MODES:
+            raise StrideError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+        if cache != "none" and not self.cacheable:
+            raise StrideError(f"data.cache={cache}: {self.task} samples vary in size and stream from the shards; "
+                              "set data.cache: none")
+        self.cache = cache
+        self.cache_budget_bytes = cache_budget_bytes
         self.normalize = normalize
         self.root = Path(path)
         self.manifest = read_manifest(self.root)
@@ -59,9 +68,14 @@ class ShardedDataModule(pl.LightningDataModule):
         self.seed = seed
         self.verify_checksums = verify_checksums
         self._verified = False
+        self._budget_checked_for: torch.device | None = None
+        self.cache_device_override: torch.device | None = None  # e.g. the device `stride bench` measures on
         self._streams: dict[str, ShardStream] = {}
 
     fields: tuple[str, ...] = ()
+    # samples of equal shape stack into arrays, so `data.cache` can decode a split once; datasets of
+    # variable-size samples (boxes, captions) say False and always stream
+    cacheable = True
     # module-level function, not a bound method: loader workers may be spawned, and
     # pickling a bound method would drag the datamodule (and its trainer) along
     collate: Callable[[list[tuple[Any, ...]]], Any] = staticmethod(stack_batch)
@@ -96,23 +110,51 @@ class ShardedDataModule(pl.LightningDataModule):
         if not self._verified:
             verify_shards(self.root, self.manifest, checksums=self.verify_checksums)
             self._verified = True
+        if self.cache != "none" and self._budget_checked_for != self.cache_device:  # again once on the trainer's device
+            budget = self.cache_budget_bytes or default_budget_bytes(self.cache, self.cache_device)
+            check_budget(self.manifest, self.root, self.fields, self.cache, budget, self._rank_and_world()[1])
+            self._budget_checked_for = self.cache_device
         self._streams.clear()
 
-    def stream(self, split: str) -> ShardStream:
+    def build_cache(self) -> None:
+        """Decode every split now (a search's driver does, so that its trials only read the cache)."""
+        for split in self.manifest.splits:
+            open_decoded_split(self.root, self.manifest, self.dataset_sha256, split)
+
+    @property
+    def cache_device(self) -> torch.device:
+        """Where `data.cache: device` keeps the splits: the device this rank trains on."""
+        trainer = getattr(self, "trainer", None)
+        if self.cache != "device":
+            return torch.device("cpu")
+        if self.cache_device_override is not None:
+            return self.cache_device_override
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def stream(self, split: str) -> ShardStream | CachedStream:
         if split not in self._streams:
             rank, world = self._rank_and_world()
             training = split == "train"
+            batch_size = self.batch_size if training else self.eval_batch_size
+            if self.cache != "none":
+                decoded = open_decoded_split(self.root, self.manifest, self.dataset_sha256, split)
+                self._streams[split] = CachedStream(decoded, self.manifest.split(split).shards, self.fields,
+                                                    batch_size=batch_size, training=training, rank=rank,
+                                                    world_size=world, seed=self.seed, device=self.cache_device)
+                return self._streams[split]
             self._streams[split] = ShardStream(
                 self.root, self.manifest.split(split).shards, self.fields, self.collate,
-                batch_size=self.batch_size if training else self.eval_batch_size, training=training,
+                batch_size=batch_size, training=training,
                 rank=rank, world_size=world, num_workers=self.num_workers, seed=self.seed,
                 shuffle_buffer=self.shuffle_buffer)
         return self._streams[split]
 
     def loader(self, split: str) -> DataLoader:
-        return DataLoader(self.stream(split), batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory and torch.cuda.is_available(),
-                          prefetch_factor=4 if self.num_workers > 0 else None)
+        # a cached split is already decoded: batches are cut in this process (no worker would be faster)
+        workers = self.num_workers if self.cache == "none" else 0
+        pin = self.pin_memory and torch.cuda.is_available() and self.cache != "device"
+        return DataLoader(self.stream(split), batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=pin, prefetch_factor=4 if workers > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")

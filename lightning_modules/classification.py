@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from stride.architectures.outputs import AuxiliaryLogits
 from stride.config.schema import OptimConfig, ScheduleConfig
 from stride.lightning_modules.schedules import lr_multiplier
 
@@ -19,6 +20,15 @@ def build_optimizer(parameters: Any, optim: OptimConfig) -> torch.optim.Optimize
         return torch.optim.AdamW(parameters, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
     return torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
                            weight_decay=optim.weight_decay)
+
+
+def classification_loss(output: torch.Tensor | AuxiliaryLogits,
+                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, cross-entropy); a network training auxiliary heads (GoogLeNet) adds their weighted losses."""
+    if isinstance(output, AuxiliaryLogits):
+        auxiliary = sum(F.cross_entropy(logits, labels) for logits in output.auxiliary)
+        return output.logits, F.cross_entropy(output.logits, labels) + output.auxiliary_weight * auxiliary
+    return output, F.cross_entropy(output, labels)
 
 
 class ClassificationModule(pl.LightningModule):
@@ -51,8 +61,7 @@ class ClassificationModule(pl.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         inputs, labels = batch
-        logits = self(inputs)
-        loss = F.cross_entropy(logits, labels)
+        logits, loss = classification_loss(self(inputs), labels)
         accuracy = self.accuracy[f"{split}_split"]
         accuracy.update(logits, labels)  # accumulated on the device; computed once per epoch
         # epoch means over each split; while training also the step loss, which stays on the device

@@ -23,6 +23,14 @@ def add_tracking_argument(parser: argparse.ArgumentParser) -> None:
                         "store ./mlruns.db)")
 
 
+def add_image_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every command that reads users' image files and prints per-file results takes."""
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--max-pixels", type=int, default=50_000_000,
+                        help="refuse images larger than this many pixels, from their header (default 50,000,000)")
+    add_tracking_argument(parser)
+
+
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS, "
                         "else an embedded local Ray)")

@@ -1,7 +1,10 @@
-"""`stride bench`: samples/s of the loader, of stride's training path and of a bare PyTorch loop.
+"""`stride bench`: samples/s of the loader, of stride's training path and of a bare PyTorch loop;
+with `--search`, the per-trial overhead of a search.
 
     stride bench digits-cnn --batch-size 512 --steps 100 --json
+    stride bench digits-cnn --cache none,memory               # one report per data.cache mode
     stride bench tcn-seqmnist-single --synthetic 20000     # random data of MNIST's shape
+    stride bench --search quickstart-search --set data.path=shards/digits
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ def shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def cache_modes(text: str) -> list[str]:
+    from stride.datamodules.cache import CACHE_MODES
+
+    modes = [part.strip() for part in text.split(",") if part.strip()]
+    if not modes or any(mode not in CACHE_MODES for mode in modes):
+        raise argparse.ArgumentTypeError(f"expected comma-separated modes of {', '.join(CACHE_MODES)}, got {text!r}")
+    return modes
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -67,15 +79,39 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="how --synthetic images are stored (default png, as `stride data prepare`)")
     parser.add_argument("--threads", type=positive, help="torch intra-op threads (default: torch's); 1 gives steadier "
                         "CPU figures on a machine shared with other jobs")
+    parser.add_argument("--cache", type=cache_modes, metavar="MODES",
+                        help="data.cache modes to measure, e.g. none,memory,device: one report each (default: the "
+                             "recipe's)")
+    parser.add_argument("--search", metavar="SPEC", help="instead: run this search spec (`stride tune --list`) "
+                        "and report each trial's overhead (its wall time minus its epochs); --set applies to it")
+    parser.add_argument("--storage", help="--search: where its Ray state goes (default: a temporary folder)")
+    parser.add_argument("--scheduler", choices=["asha", "fifo", "pbt"], help="--search: override the spec's scheduler")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_tracking_argument(parser)
     parser.set_defaults(handler=run_command)
+
+
+def run_search_bench(args: argparse.Namespace) -> int:
+    from stride.tuning.overhead import measure_search_overhead
+
+    with tempfile.TemporaryDirectory(prefix="stride-bench-search-") as tmp:
+        report = measure_search_overhead(args.search, overrides=args.overrides,
+                                         tracking_uri=args.tracking_uri or f"sqlite:///{tmp}/mlruns.db",
+                                         storage=args.storage or f"{tmp}/ray_results",
+                                         spec_overrides={"scheduler": args.scheduler} if args.scheduler
+                                         else None)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    return 0
 
 
 def run_command(args: argparse.Namespace) -> int:
     from stride.benchmarking import run_benchmark
     from stride.benchmarking.synthetic import write_synthetic_images
 
+    if args.search:
+        if args.recipe or args.config:
+            raise StrideError("--search runs a search spec; give no recipe or --config with it")
+        return run_search_bench(args)
     config = config_from_args(args)
     if args.threads:
         import torch
@@ -95,8 +131,16 @@ def run_command(args: argparse.Namespace) -> int:
             config.data.path = str(write_synthetic_images(f"{tmp}/synthetic", args.synthetic,
                                                           shape=args.synthetic_shape,
                                                           encoding=args.synthetic_encoding))
-        report = run_benchmark(config, steps=args.steps, warmup_steps=args.warmup_steps,
-                               repeats=args.repeats, workers=args.workers,
-                               loader_batches=args.loader_batches, tracking_uri=args.tracking_uri, command=command)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+        reports = []
+        for mode in args.cache or [config.data.cache]:
+            measured = config.model_copy(deep=True)
+            measured.data.cache = mode
+            reports.append(run_benchmark(measured, steps=args.steps, warmup_steps=args.warmup_steps,
+                                         repeats=args.repeats, workers=args.workers,
+                                         loader_batches=args.loader_batches, tracking_uri=args.tracking_uri,
+                                         command=command))
+    if args.json:
+        print(json.dumps(reports[0].as_dict() if len(reports) == 1 else [r.as_dict() for r in reports], indent=2))
+    else:
+        print("\n\n".join(report.text() for report in reports))
     return 0

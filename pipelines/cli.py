@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "stride.pipelines.registry",
     "stride.pipelines.evaluate",
     "stride.pipelines.predict",
+    "stride.pipelines.explain",
     "stride.pipelines.bench",
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from stride.pipelines.arguments import add_tracking_argument
+from stride.pipelines.arguments import add_image_output_arguments
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -17,10 +17,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, "
                                                         "models:/m-<id> or runs:/RUN_ID/model")
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per file (default 3)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--max-pixels", type=int, default=50_000_000,
-                        help="refuse images larger than this many pixels, from their header (default 50,000,000)")
-    add_tracking_argument(parser)
+    add_image_output_arguments(parser)
     parser.set_defaults(handler=run)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 
 from stride.datamodules.image_shards import ENCODINGS
+from stride.datamodules.sources.cifar import DATASETS as CIFAR
 from stride.datamodules.sources.mnist_idx import DATASETS as MNIST_LIKE
 from stride.errors import StrideError
 
-BUILTIN = ("digits",)
+BUILTIN = ("digits", "patches")
 USER_FILES = ("sequences",)
+OFFICIAL_FILES = (*MNIST_LIKE, *CIFAR, "svhn")  # need --source
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,13 +22,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=[*BUILTIN, *MNIST_LIKE, *USER_FILES], help="which dataset to convert")
-    parser.add_argument("--source", help="folder with the official raw files (MNIST-format datasets), or the "
-                        ".npz file of labelled sequences (sequences)")
+    parser.add_argument("dataset", choices=[*BUILTIN, *OFFICIAL_FILES, *USER_FILES], help="which dataset to convert")
+    parser.add_argument("--source", help="folder with the official raw files (MNIST-format, CIFAR, SVHN), an "
+                        "official CIFAR .tar.gz, or the .npz file of labelled sequences (sequences)")
     parser.add_argument("--out", required=True, help="output dataset folder (shards + manifest.json)")
     parser.add_argument("--val-size", type=int, help="validation images split off the training set "
-                        "(default: 5000 for MNIST-format, 180 for digits)")
-    parser.add_argument("--test-size", type=int, default=360, help="test images (digits only; default 360)")
+                        "(default: 5000 for MNIST-format and CIFAR, 6000 for SVHN, 180 for digits, 1000 for patches)")
+    parser.add_argument("--test-size", type=int, help="test images (digits: default 360; patches: 1000)")
+    parser.add_argument("--train-size", type=int, default=5000, help="training images (patches only; default 5000)")
+    parser.add_argument("--label-set", choices=("fine", "coarse"), help="cifar100: the 100 fine classes (default) "
+                        "or the 20 coarse superclasses")
+    parser.add_argument("--svhn-extra", action="store_true", help="svhn: add extra_32x32.mat to the training split")
     parser.add_argument("--image-size", type=int, default=28, help="digits only: side in pixels (28 like MNIST; "
                         "8 keeps the native resolution, 64-step sequences)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="sequences: validation share when the "
@@ -41,28 +47,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fetch the official files into --source first (needs network)")
 
 
+def _sequences(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sequence_shards import prepare_sequences
+
+    return prepare_sequences(args.source, args.out, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                             seed=args.seed, samples_per_shard=args.shard_size, overwrite=args.overwrite)
+
+
+def _digits(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.digits import prepare_digits
+
+    return prepare_digits(args.out, val_size=args.val_size or 180, test_size=args.test_size or 360,
+                          size_px=args.image_size, **common)
+
+
+def _patches(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.patches import prepare_patches
+
+    return prepare_patches(args.out, train_size=args.train_size, val_size=args.val_size or 1000,
+                           test_size=args.test_size or 1000, **common)
+
+
+def _mnist_like(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.mnist_idx import prepare_mnist_like
+
+    return prepare_mnist_like(args.dataset, args.source, args.out, val_size=args.val_size or 5000,
+                              fetch=args.download, **common)
+
+
+def _cifar(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.cifar import prepare_cifar
+
+    return prepare_cifar(args.dataset, args.source, args.out, label_set=args.label_set,
+                         val_size=args.val_size or 5000, fetch=args.download, **common)
+
+
+def _svhn(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.svhn import prepare_svhn
+
+    return prepare_svhn(args.source, args.out, val_size=args.val_size or 6000, extra=args.svhn_extra,
+                        fetch=args.download, **common)
+
+
+PREPARERS = {"sequences": _sequences, "digits": _digits, "patches": _patches, "svhn": _svhn,
+             **dict.fromkeys(MNIST_LIKE, _mnist_like), **dict.fromkeys(CIFAR, _cifar)}
+
+
 def run(args: argparse.Namespace) -> int:
     common = dict(seed=args.seed, encoding=args.encoding, samples_per_shard=args.shard_size, overwrite=args.overwrite)
     if args.dataset in USER_FILES and not args.source:
         raise StrideError("stride data prepare sequences needs --source FILE.npz")
-    if args.dataset == "sequences":
-        from stride.datamodules.sequence_shards import prepare_sequences
-
-        manifest = prepare_sequences(args.source, args.out, val_fraction=args.val_fraction,
-                                     test_fraction=args.test_fraction, seed=args.seed,
-                                     samples_per_shard=args.shard_size, overwrite=args.overwrite)
-    elif args.dataset == "digits":
-        from stride.datamodules.sources.digits import prepare_digits
-
-        manifest = prepare_digits(args.out, val_size=args.val_size or 180, test_size=args.test_size,
-                                  size_px=args.image_size, **common)
-    else:
-        if not args.source:
-            raise StrideError(f"stride data prepare {args.dataset} needs --source DIR holding the official IDX files")
-        from stride.datamodules.sources.mnist_idx import prepare_mnist_like
-
-        manifest = prepare_mnist_like(args.dataset, args.source, args.out, val_size=args.val_size or 5000,
-                                      fetch=args.download, **common)
+    if args.dataset in OFFICIAL_FILES and not args.source:
+        raise StrideError(f"stride data prepare {args.dataset} needs --source DIR holding the official files "
+                          "(docs/datasets.md)")
+    if args.label_set and args.dataset != "cifar100":
+        raise StrideError(f"--label-set is for cifar100; {args.dataset} has one set of labels")
+    manifest = PREPARERS[args.dataset](args, common)
     sizes = ", ".join(f"{name} {split.num_samples}" for name, split in manifest.splits.items())
     print(f"wrote {args.out}: {manifest.dataset} ({sizes}; {sum(len(s.shards) for s in manifest.splits.values())} "
           f"shards)")

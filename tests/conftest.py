@@ -24,7 +24,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # Fixtures that start real servers or clusters: a test that uses one (directly or through another
 # fixture) is end to end and must be marked slow, so `pytest -m "not slow"` stays a fast lane.
-END_TO_END_FIXTURES = {"mlflow_server", "local_ray", "ray_head"}
+END_TO_END_FIXTURES = {"mlflow_server", "local_ray", "ray_head", "two_node_cluster"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

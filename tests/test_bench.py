@@ -35,13 +35,18 @@ def check_consistent(report: dict, workers: list[int]) -> None:
 
 @pytest.mark.slow
 def test_bench_digits_cnn_end_to_end(capsys, digits_shards):
-    report = bench_json(capsys, "digits-cnn", "--set", f"data.path={digits_shards}", "model.channels=4",
-                        "trainer.enable_progress_bar=false", "--batch-size", "32", "--steps", "4",
-                        "--warmup-steps", "1", "--workers", "0,1", "--repeats", "2")
+    report, cached = bench_json(capsys, "digits-cnn", "--set", f"data.path={digits_shards}", "model.channels=4",
+                                "trainer.enable_progress_bar=false", "--batch-size", "32", "--steps", "4",
+                                "--warmup-steps", "1", "--workers", "0,1", "--repeats", "2", "--cache", "none,memory")
     check_consistent(report, [0, 1])
     assert report["recipe"] == "digits-cnn" and report["batch_size"] == 32 and report["steps"] == 4
     assert report["accelerator"] == "cpu" and report["precision"] == "32-true" and report["channels_last"] is False
     assert len(report["stride"]["runs_samples_per_s"]) == 2 and len(report["bare"]["runs_samples_per_s"]) == 2
+    check_consistent(cached, [0])  # a decoded cache is served by the training process: no worker counts
+    assert (report["cache"], cached["cache"]) == ("none", "memory")
+    for measured in (report, cached):  # headroom: the loader's rate at the trained worker count over training's
+        assert measured["loader_headroom"] == pytest.approx(
+            measured["loader"][0]["samples_per_s"] / measured["stride"]["samples_per_s"], rel=1e-2)
 
 
 @pytest.mark.slow
@@ -61,6 +66,7 @@ def test_text_report_and_missing_dataset(capsys, tmp_path):
                          stride={"samples_per_s": 90.0}, bare={"samples_per_s": 100.0}, ratio=0.9)
     text = report.text()
     assert "loader, 0 workers (recipe):" in text and "ratio stride/bare:" in text and "0.900" in text
+    assert "data.cache none" in text and "loader headroom:" in text
     assert main(["bench", "digits-cnn", "--set", f"data.path={tmp_path / 'absent'}"]) == 2
     assert "--synthetic N" in capsys.readouterr().err
 

@@ -168,7 +168,7 @@ def special_experiments(mlflow_server) -> None:
 BAD_PROMOTIONS = {
     "unknown experiment": (["--experiment", "nope"], "no experiment named 'nope' (experiments: "),
     "unknown metric": (["--experiment", "registry-tests", "--metric", "val_f1"],
-                       "logged metric 'val_f1' (metrics logged: best_val_acc, epoch, lr, test_acc"),
+                       "logged metric 'val_f1' (metrics logged: best_val_acc, epoch, epoch_time_s, lr, test_acc"),
     "no finished run": (["--experiment", "registry-running"],
                         "'registry-running' has no finished run (1 run(s): RUNNING)"),
     "no logged model": (["--experiment", "registry-no-model"], "with metric 'val_acc' has a logged model"),

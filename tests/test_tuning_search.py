@@ -104,6 +104,25 @@ def test_asha_search_records_parent_children_leaderboard_and_best(local_ray, mlf
     assert "optim.lr" in result.table() and result.best_trial_id in result.table()
 
 
+def test_trials_reuse_their_process_and_the_overhead_report_accounts_for_each(local_ray, mlflow_server,
+                                                                               digits_shards, tmp_path):
+    from stride.tracking.run import PID_TAG
+    from stride.tuning.overhead import measure_search_overhead
+
+    spec = tiny_spec(tmp_path, digits_shards, "overhead", space={"optim.lr": {"grid": [0.05, 0.02]}})
+    report = measure_search_overhead(spec, overrides=["trainer.max_epochs=1"], tracking_uri=mlflow_server,
+                                     storage=str(tmp_path / "ray"))
+    assert [row["status"] for row in report.trials] == ["finished", "finished"]
+    for row in report.trials:
+        assert row["epochs"] == 1 and 0 < row["epochs_s"] < row["trial_s"]
+        assert row["overhead_s"] == pytest.approx(row["trial_s"] - row["epochs_s"], abs=0.02)
+        assert {"time_setup_s", "time_test_s", "time_logging_s"} <= set(row)
+    assert report.summary["trial_s total"] == pytest.approx(sum(r["trial_s"] for r in report.trials), abs=0.05)
+    runs = children(mlflow_server, report.parent_run_id)
+    assert len({r.data.tags[PID_TAG] for r in runs}) == 1  # the second trial ran in the first one's process
+    assert "overhead_s" in report.text()
+
+
 def test_two_worker_ddp_trial_logs_one_child_run(local_ray, mlflow_server, digits_shards, tmp_path):
     spec = tiny_spec(tmp_path, digits_shards, "ddp-trial", space={"optim.lr": {"choice": [0.05]}})
     result = run_search(spec, overrides=["trainer.max_epochs=1", "data.batch_size=64"], tracking_uri=mlflow_server,

@@ -7,22 +7,25 @@ The run is created (or continued, for a restarted trial) explicitly here, with s
 tags and its parent for nesting. Metrics go through Lightning's own `MLFlowLogger` bound
 to that run; this callback adds what Lightning does not know: params, the resolved config,
 the dataset as an MLflow dataset input, and after testing the task's plots and the
-pickle-free model. Leaving the `with` block ends the run FINISHED, KILLED (interrupted) or
+pickle-free model (with its module's weights, `weights/module.pt`). Leaving the `with` block ends the run FINISHED, KILLED (interrupted) or
 FAILED. Only global rank 0 makes one: other DDP ranks pass no recorder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import pytorch_lightning as pl
-from mlflow.entities import Dataset, DatasetInput, InputTag, Param
+import torch
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import MLFlowLogger
@@ -37,6 +40,9 @@ from stride.training.history import EpochHistory
 
 PARENT_TAG = "mlflow.parentRunId"
 MODEL_URI_TAG = "stride.model_uri"
+# the trained module as a weights-only stride checkpoint, beside the exported program that hides its feature
+# maps: `stride explain` rebuilds the network from it (stride.training.checkpoints.load_module reads it)
+MODULE_ARTIFACT = "weights/module.pt"
 MAX_PARAM_CHARS = 6000
 # the process that owns a RUNNING run, so a later stride command can tell a live run from a ghost
 HOST_TAG, PID_TAG, PROCESS_STARTED_TAG = "stride.host", "stride.pid", "stride.process_started"
@@ -75,9 +81,27 @@ def fail_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     return ended
 
 
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to `uri` for a block, then put back. `mlflow.set_tracking_uri`
+    also exports $MLFLOW_TRACKING_URI, which would otherwise outlive the run: every later run of the
+    process (and its children) would resolve to this store, even after it was deleted."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets it again
+
+
 class RunMetricsLogger(MLFlowLogger):
     """Lightning's MLflow logger for metrics, minus its ending of the run when fitting stops:
     the run outlives the fit (testing, plots and the model come after)."""
+
+    @property
+    def experiment(self) -> MlflowClient:
+        with fluent_tracking_uri(self._tracking_uri):  # Lightning sets it for good on first use
+            return super().experiment
 
     def finalize(self, status: str = "success") -> None:
         pass
@@ -128,6 +152,7 @@ class MlflowRun(EpochHistory):
         self.model_uri: str | None = None
         self._ended = False
         self._started_s = time.perf_counter()
+        self._clock: dict[str, float] = {}  # phase -> when it began (perf_counter), for the time_*_s metrics
 
     # -- what the core is given ----------------------------------------------------------------
     @property
@@ -164,8 +189,22 @@ class MlflowRun(EpochHistory):
         self.client.log_text(self.run_id, config_to_yaml(self.config), "config.yaml")
         self.client.log_inputs(self.run_id, datasets=[dataset_input(path, datamodule.manifest.dataset, sha)])
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        counted = len(self.epoch_times_s)
+        super().on_train_epoch_end(trainer, pl_module)
+        if len(self.epoch_times_s) > counted:  # what `stride bench --search` subtracts from a trial's time
+            self.client.log_metric(self.run_id, "epoch_time_s", round(self.epoch_times_s[-1], 4),
+                                   step=trainer.global_step)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._clock.setdefault("fit", time.perf_counter())
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._clock["test"] = time.perf_counter()
+
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After the best checkpoint was tested (the module holds its weights): plots and the model."""
+        self._clock["logging"] = time.perf_counter()
         checkpoint = trainer.checkpoint_callback
         monitor = self.config.trainer.monitor
         if checkpoint is not None and checkpoint.best_model_score is not None:
@@ -179,12 +218,30 @@ class MlflowRun(EpochHistory):
         if self.config.tracking.log_model:
             self.model_uri = self._log_model(task.export(pl_module, facts))
             self.client.set_tag(self.run_id, MODEL_URI_TAG, self.model_uri)
+            self._log_module(pl_module)
 
     def _log_model(self, exported: ExportedModel) -> str:
         # MLflow links a logged model to the fluent active run only; make ours active just for this
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
+        with fluent_tracking_uri(self.uri), mlflow.start_run(run_id=self.run_id):
             return log_exported(exported)
+
+    def _log_module(self, pl_module: pl.LightningModule) -> None:
+        if "stride" not in pl_module.hparams:
+            return
+        folder, name = MODULE_ARTIFACT.rsplit("/", 1)
+        state = {key: value.detach().cpu() for key, value in pl_module.state_dict().items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({"state_dict": state, "hyper_parameters": {"stride": pl_module.hparams["stride"]}},
+                       Path(tmp) / name)
+            self.client.log_artifact(self.run_id, str(Path(tmp) / name), folder)
+
+    def phase_times(self, now: float) -> dict[str, float]:
+        """Where the run's wall time went: `time_setup_s` (run created to fit start: trainer, data),
+        `time_fit_s` (training and validation), `time_test_s`, `time_logging_s` (plots, the model)."""
+        marks = [("setup", self._started_s), *((p, self._clock[p]) for p in ("fit", "test", "logging")
+                                               if p in self._clock), ("end", now)]
+        times = {f"time_{phase}_s": later - began for (phase, began), (_, later) in zip(marks, marks[1:])}
+        return {"wall_time_s": now - self._started_s, **times}
 
     # -- the run's end ---------------------------------------------------------------------------
     def end(self, status: str = "FINISHED") -> None:
@@ -192,7 +249,9 @@ class MlflowRun(EpochHistory):
             return
         self._ended = True
         if status == "FINISHED":
-            self.client.log_metric(self.run_id, "wall_time_s", time.perf_counter() - self._started_s)
+            now = time.perf_counter()
+            self.client.log_batch(self.run_id, metrics=[Metric(key, round(value, 3), int(time.time() * 1000), 0)
+                                                        for key, value in self.phase_times(now).items()])
         self.client.set_terminated(self.run_id, status)
 
     def __enter__(self) -> "MlflowRun":

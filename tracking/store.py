@@ -112,5 +112,8 @@ def ensure_experiment(uri: str, experiment: str) -> str:
         location = (Path(uri.removeprefix("sqlite:///")).parent / LOCAL_ARTIFACTS).as_uri()
     try:
         return client.create_experiment(experiment, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created concurrently by another process
-        return client.get_experiment_by_name(experiment).experiment_id
+    except mlflow.exceptions.MlflowException as err:  # created concurrently by another process?
+        found = client.get_experiment_by_name(experiment)
+        if found is None:  # no: the store itself refused (read-only, deleted, ...)
+            raise StrideError(f"tracking store {uri}: cannot create experiment {experiment!r}: {err}") from None
+        return found.experiment_id

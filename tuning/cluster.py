@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 from stride.errors import StrideError
 
 CONNECT_TIMEOUT_S = 5.0
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives the head node one unit of it
 DEFAULT_PORTS = {"ray": 10001, "": 6379}
 
 
@@ -51,9 +52,11 @@ class TrialResources:
 
     def trial_request(self) -> dict[str, float]:
         """The Tune trial's own reservation. With workers > 1 the trial only drives a Ray Train run
-        whose workers reserve the resources themselves (Ray Train V2 + Tune)."""
+        whose workers reserve the resources themselves (Ray Train V2 + Tune); that driver, and the
+        Train controller Ray attaches to its node, stay on the head, so losing a worker node costs
+        a restart of the worker group, never of the trial."""
         if self.workers > 1:  # Tune needs a non-empty reservation: a token MiB of memory, no CPU
-            return {"cpu": 0, "memory": 2**20}
+            return {"cpu": 0, "memory": 2**20, HEAD_NODE_RESOURCE: 0.001}
         return {"cpu": self.cpus, "gpu": self.gpus}
 
 

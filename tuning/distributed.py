@@ -48,7 +48,7 @@ def fit_with_ray_train(job: TrainingJob, resources: TrialResources, *, storage_p
     trainer = TorchTrainer(
         train_worker, train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=job.use_gpu,
-                                     resources_per_worker=per_worker),
+                                     resources_per_worker=per_worker, placement_strategy=t.placement_strategy),
         run_config=RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints,

@@ -23,6 +23,7 @@ from stride.training import Launch, train
 from stride.tuning.runs import RUN_KEY_TAG, find_run
 
 TUNE_CHECKPOINT_FILE = "checkpoint.ckpt"
+RESUMED_FROM_TAG = "stride.resumed_from"  # the checkpoint a continued run last resumed from
 
 
 @dataclass
@@ -72,6 +73,8 @@ def train_in_ray(job: TrainingJob, *, distributed: bool) -> None:
                 tags={**job.tags, RUN_KEY_TAG: job.run_key}, run_id=find_run(job.tracking_uri, job.config, job.run_key)))
             callbacks, loggers = [*run.callbacks, *callbacks], [run.logger]
             launch.checkpoint_dir = str(Path(job.config.trainer.checkpoint_dir) / run.run_id)
+            if checkpoint is not None:  # its own (a restart) or, after a PBT exploit, another trial's
+                run.client.set_tag(run.run_id, RESUMED_FROM_TAG, checkpoint.path)
         train(job.config, callbacks=callbacks, loggers=loggers, launch=launch)
 
 

@@ -98,12 +98,13 @@ def list_searches(storage: str) -> list[str]:
 def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tracking_uri: str | None = None,
                storage: str = DEFAULT_STORAGE, name: str | None = None, address: str | None = None,
                resources: TrialResources = TrialResources(), spec_overrides: dict[str, Any] | None = None,
-               extra_callbacks: Sequence[pl.Callback] = (), verbose: bool = False) -> SearchResult:
+               extra_callbacks: Sequence[pl.Callback] = (), verbose: bool = False,
+               tune_callbacks: Sequence[Any] = ()) -> SearchResult:
     """Check everything, run the search on Ray, record it in MLflow and return the leaderboard.
 
     `spec` is a built-in spec name, a YAML path or an already loaded search; `overrides`
     are `--set` items for the base config (e.g. data.path=...); `spec_overrides` replace
-    spec fields (e.g. {"num_samples": 4}).
+    spec fields (e.g. {"num_samples": 4}); `tune_callbacks` are extra Tune callbacks of the driver.
     """
     started = time.perf_counter()
     search = spec if isinstance(spec, ResolvedSearch) else load_search(spec, list(overrides), spec_overrides)
@@ -125,7 +126,8 @@ def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tra
                                        {d.key: d.describe() for d in search.dimensions})
             write_record(storage, name, {"name": name, "search": search.to_dict(), "tracking_uri": uri,
                                          "parent_run_id": parent, "resources": asdict(resources)})
-            tuner = _tuner(search, uri, parent, resources, storage, name, concurrency, extra_callbacks, verbose)
+            tuner = _tuner(search, uri, parent, resources, storage, name, concurrency, extra_callbacks, verbose,
+                           tune_callbacks)
             return _finish(tuner.fit(), search, uri, parent, name, storage, started)
     except BaseException:
         _close_after_crash(uri, parent, storage, name)
@@ -133,13 +135,16 @@ def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tra
 
 
 def check_datasets(search: ResolvedSearch) -> None:
-    """Hash every dataset the trials read, once, here in the driver (trials then check sizes only)."""
+    """Hash every dataset the trials read, once, here in the driver (trials then check sizes only), and
+    decode the splits of a cached one (`data.cache`), so that trials only read that cache."""
     paths = {search.config_for({}, "base").data.path}
     for dim in search.dimensions:
         if dim.key == "data.path":
             paths |= set(dim.args)
     for path in sorted(paths):
-        open_datamodule(search.config_for({"data.path": path} if path else {}, "base"))
+        datamodule = open_datamodule(search.config_for({"data.path": path} if path else {}, "base"))
+        if datamodule.cache != "none":
+            datamodule.build_cache()
 
 
 def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | None = None,
@@ -188,7 +193,8 @@ def _trainable(search, uri, parent, resources, storage, name, extra_callbacks):
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources.trial_request())
 
 
-def _tuner(search: ResolvedSearch, uri, parent, resources, storage, name, concurrency, extra_callbacks, verbose):
+def _tuner(search: ResolvedSearch, uri, parent, resources, storage, name, concurrency, extra_callbacks, verbose,
+           tune_callbacks=()):
     from ray import tune
 
     from stride.tuning.space import param_space, scheduler, search_algorithm
@@ -201,12 +207,15 @@ def _tuner(search: ResolvedSearch, uri, parent, resources, storage, name, concur
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_algorithm(spec, concurrency),
                                     scheduler=scheduler(spec, search.dimensions, base),
                                     num_samples=spec.num_samples,
-                                    time_budget_s=spec.time_budget_s),
+                                    time_budget_s=spec.time_budget_s,
+                                    # a finished trial's process takes the next trial: torch, Lightning and
+                                    # MLflow are imported, and MLflow's store opened, once per slot, not per trial
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=2 if verbose else 0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=checkpoint_config(spec),
-            callbacks=_callbacks(search, uri, parent, verbose)))
+            callbacks=[*_callbacks(search, uri, parent, verbose), *tune_callbacks]))
 
 
 def checkpoint_config(spec):
@@ -254,8 +263,9 @@ def _rows(results, search: ResolvedSearch, children: dict) -> list[dict[str, Any
     rows = []
     for result in results:
         frame = result.metrics_dataframe
-        trial_id = (result.metrics or {}).get("trial_id") or (
-            frame["trial_id"].iloc[-1] if frame is not None and "trial_id" in frame else None)
+        # the trial's own results first: after a PBT exploit its last result is the clone's, id included
+        trial_id = (frame["trial_id"].iloc[-1] if frame is not None and "trial_id" in frame else None) or (
+            (result.metrics or {}).get("trial_id"))
         run = children.get(trial_id)
         best = math.nan
         if frame is not None and spec.metric in frame:

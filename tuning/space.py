@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
 from stride.config.schema import StrideConfig
+from stride.tuning.pbt import pbt_scheduler
 from stride.tuning.spec import Dimension, SearchSpec
 
 TIME_ATTR = "training_iteration"  # reports so far: one per epoch, so epochs completed; what ASHA counts
@@ -48,10 +49,7 @@ def scheduler(spec: SearchSpec, dimensions: list[Dimension], base: StrideConfig)
     if s.name == "pbt":
         mutations = {d.key: (list(d.args) if d.is_discrete else tune_domain(d)) for d in dimensions
                      if d.key != "model.architecture" and not d.key.startswith("model.")}
-        # PBT takes no seed of its own: its choices follow Python's `random`, which the search seeds
-        return PopulationBasedTraining(time_attr=TIME_ATTR, perturbation_interval=s.perturbation_interval,
-                                       hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
-                                       resample_probability=s.resample_probability)
+        return pbt_scheduler(s, mutations, time_attr=TIME_ATTR, last_epoch=base.trainer.max_epochs)
     # max_t one past the last epoch: ASHA stops every trial that reaches max_t, and a trial that
     # trained all its epochs must still test its best checkpoint and log its model after its last report.
     max_epochs = base.trainer.max_epochs or 1

@@ -79,6 +79,7 @@ class SchedulerSpec(BaseModel):
     perturbation_interval: PositiveInt = 1  # pbt: epochs between exploit/explore steps
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)
     resample_probability: float = Field(0.25, ge=0, le=1)
+    synchronous: bool = False  # pbt: every trial waits for the others at each step (reproducible, slower)
 
 
 class SearchSpec(BaseModel):

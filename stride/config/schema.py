@@ -33,6 +33,10 @@ class DataConfig(Section):
     normalize: Literal["dataset", "none"] = "dataset"  # dataset: mean/std recorded in the manifest
     augment: AugmentConfig = AugmentConfig()
     pin_memory: bool = True
+    # none: stream and decode the shards every epoch; memory: decode each split once into host arrays
+    # (a cache file beside the shards) and cut batches from them; device: hold the splits on the GPU
+    cache: Literal["none", "memory", "device"] = "none"
+    cache_budget_mb: PositiveInt | None = None  # refuse a cache larger than this; None: half the free memory
     # sequence_classification over image shards: pixels as a sequence (docs/models.md, A2)
     sequence_view: Literal["sequential", "permuted"] = "sequential"
     permutation_seed: int = 0  # the one fixed permutation of the permuted view
@@ -80,9 +84,15 @@ class ScheduleConfig(Section):
 class TrainerConfig(Section):
     max_epochs: PositiveInt | None = 10
     max_steps: int = Field(-1, ge=-1)  # -1: bounded by max_epochs
+    # a fraction of the training batches, or a number of them, per epoch (validation stays whole): for
+    # searches and smoke runs that must finish in minutes on large datasets
+    limit_train_batches: PositiveFloat | PositiveInt = 1.0
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: PositiveInt | Literal["auto"] = 1
     strategy: str = "auto"
+    # where Ray puts the workers of `--workers N` / `--workers-per-trial N` (Ray's placement group
+    # strategies): PACK fills a node first, SPREAD one worker per node where it can, STRICT_* always
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     # auto: bf16-mixed on CUDA GPUs that support it, 32-true elsewhere (see stride.training.speed)
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed", "64-true"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"  # auto: on for networks with 2-d convolutions on a GPU

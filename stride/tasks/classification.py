@@ -11,7 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from stride.lightning_modules.sequence_view import SequenceView
 from stride.plots import plot_confusion_matrix, plot_learning_curves
 from stride.tasks.base import (DEFAULT_MAX_PIXELS, DataFacts, Evaluation, ExportedModel, Task, TensorSpec,
                                register_task)
+from stride.tasks.cam import plot_test_split_cams
 from stride.text_table import align_columns
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def _datamodule_for(path: str | Path, **kwargs: Any) -> ShardedDataModule:
 class ClassificationTask(Task):
     name = "classification"
     dataset_tasks = ("classification",)
+    class_activation_maps: ClassVar[bool] = True  # a grid of test CAMs when the network's head has them
 
     # -- training ---------------------------------------------------------------------------
     def datamodule(self, config: StrideConfig, **overrides: Any) -> ShardedDataModule:
@@ -73,7 +75,9 @@ class ClassificationTask(Task):
                               f"{' or '.join(map(repr, self.dataset_tasks))} datasets; {fitting(manifest_task)}")
         kwargs: dict[str, Any] = dict(batch_size=data.batch_size, eval_batch_size=data.eval_batch_size,
                                       num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
-                                      pin_memory=data.pin_memory, seed=config.trainer.seed, normalize=data.normalize)
+                                      pin_memory=data.pin_memory, seed=config.trainer.seed, normalize=data.normalize,
+                                      cache=data.cache, cache_budget_bytes=data.cache_budget_mb and
+                                      data.cache_budget_mb * 2**20)
         kwargs.update(overrides)
         if manifest_task == "sequence_classification":
             return SequenceClassificationData(data.path, **kwargs)
@@ -110,6 +114,8 @@ class ClassificationTask(Task):
         if module.confusion_matrix is not None:
             made.append(plot_confusion_matrix(module.confusion_matrix.numpy(), list(facts.class_names),
                                               folder / "confusion_matrix_test.png", title=f"{title} test"))
+        if self.class_activation_maps:
+            made += plot_test_split_cams(module, self.evaluation_data, facts, folder, title)
         return made
 
     def export(self, module: ClassificationModule, facts: DataFacts) -> ExportedModel:
@@ -177,6 +183,7 @@ class SequenceClassificationTask(ClassificationTask):
 
     name = "sequence_classification"
     dataset_tasks = ("sequence_classification", "classification")
+    class_activation_maps = False  # maps over pixels read as a sequence would not be an image's
 
     def datamodule(self, config: StrideConfig, **overrides: Any) -> ShardedDataModule:
         if config.data.sequence_view == "permuted" and read_manifest(config.data.path).task == self.name:

@@ -83,7 +83,8 @@ def make_trainer(config: StrideConfig, callbacks: Sequence[pl.Callback], loggers
         # each refresh reads the step loss back from the device; once per step would stall the GPU
         callbacks.append(TQDMProgressBar(refresh_rate=t.log_every_n_steps))
     kwargs: dict[str, Any] = dict(
-        max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=launch.accelerator or t.accelerator,
+        max_epochs=t.max_epochs, max_steps=t.max_steps, limit_train_batches=t.limit_train_batches,
+        accelerator=launch.accelerator or t.accelerator,
         devices=launch.devices or t.devices, strategy=launch.strategy or t.strategy,
         plugins=list(launch.plugins) or None, precision=resolve_precision(t), deterministic=t.deterministic,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val, callbacks=callbacks,

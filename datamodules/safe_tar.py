@@ -1,0 +1,50 @@
+"""Read the files of a downloaded `.tar.gz` in place: nothing is extracted, so nothing can escape.
+
+The archive is still checked member by member: one whose name is absolute or climbs out with
+`..`, or that is a link, device or fifo, refuses the whole archive, since an official dataset
+archive holds only plain files and folders.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import zlib
+from pathlib import Path
+from typing import Callable
+
+from stride.errors import StrideError
+from stride.names import is_plain_relative
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
+
+
+def read_archive_files(archive: Path, wanted: Callable[[str], bool]) -> dict[str, bytes]:
+    """The regular files of `archive` whose member names (`./` prefixes dropped) are `wanted`.
+
+    Every member is checked; only wanted ones are read into memory, so an archive that also
+    holds something huge costs nothing for it.
+    """
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                if not is_plain_relative(member.name):
+                    raise StrideError(f"{archive}: member {member.name!r} would land outside the target folder "
+                                      "(absolute path, '..' or empty part); refusing the archive")
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    kind = "link" if member.issym() or member.islnk() else "device or fifo"
+                    raise StrideError(f"{archive}: member {member.name!r} is a {kind}; a dataset archive holds only "
+                                      "plain files and folders, refusing it")
+                name = "/".join(part for part in member.name.split("/") if part != ".")
+                if wanted(name):
+                    files[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        raise StrideError(f"{archive}: cannot read the archive ({err}); is the download complete and "
+                          "undamaged?") from None
+    return files
