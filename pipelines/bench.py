@@ -10,6 +10,7 @@ with `--search`, the per-trial overhead of a search.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -94,7 +95,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_search_bench(args: argparse.Namespace) -> int:
     from stride.tuning.overhead import measure_search_overhead
 
-    with tempfile.TemporaryDirectory(prefix="stride-bench-search-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="stride-bench-search-") as tmp, \
+            contextlib.redirect_stdout(sys.stderr):  # the search's progress lines: stdout is the report's
         report = measure_search_overhead(args.search, overrides=args.overrides,
                                          tracking_uri=args.tracking_uri or f"sqlite:///{tmp}/mlruns.db",
                                          storage=args.storage or f"{tmp}/ray_results",

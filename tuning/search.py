@@ -27,7 +27,7 @@ from stride.tuning import leaderboard, runs
 from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
 from stride.tuning.integrity import record_state, verify_state
 from stride.tuning.space import TIME_ATTR
-from stride.tuning.spec import ResolvedSearch, load_search
+from stride.tuning.spec import ResolvedSearch, load_search, trial_count
 
 META_FILE = "stride_search.json"
 DEFAULT_STORAGE = "ray_results"
@@ -239,7 +239,8 @@ def _callbacks(search: ResolvedSearch, uri: str, parent: str, verbose: bool) -> 
     base = search.config_for({}, "base")
     callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), runs.CloseStoppedTrialRuns(uri, parent, base)]
     if not verbose:
-        callbacks.append(TrialProgress(search.spec.metric, base.trainer.max_epochs or 0, search.spec.num_samples))
+        callbacks.append(TrialProgress(search.spec.metric, base.trainer.max_epochs or 0,
+                                       trial_count(search.spec, search.dimensions)))
     return callbacks
 
 

@@ -268,6 +268,15 @@ def check_keys(dimensions: list[Dimension], base_raw: dict[str, Any], source: st
                           f"valid keys: {', '.join(allowed)}")
 
 
+def trial_count(spec: SearchSpec, dimensions: list[Dimension]) -> int:
+    """How many trials the search starts: `num_samples` times every grid (a grid search: every choice too)."""
+    count = spec.num_samples
+    for dim in dimensions:
+        if dim.kind == "grid" or (spec.search_alg == "grid" and dim.is_discrete):
+            count *= len(dim.args)
+    return count
+
+
 def check_algorithm(spec: SearchSpec, dimensions: list[Dimension], source: str) -> None:
     grid = [d.key for d in dimensions if d.kind == "grid"]
     if spec.search_alg == "grid":
