@@ -119,7 +119,7 @@ def test_the_unpickler_admits_python3_bytes_only_as_latin1():
 
 
 def rewrite_batch(folder, name, **changes):
-    batch = pickle.loads((folder / name).read_bytes(), encoding="bytes")  # our own fixture: trusted
+    batch = load_data_pickle((folder / name).read_bytes(), str(folder / name))
     for key, value in changes.items():
         if value is None:
             del batch[key.encode()]
