@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from stride.datamodules.manifest import Manifest, ShardEntry, sha256_of
+from stride.datamodules.manifest import Manifest, ShardEntry, sha256_of, verify_shards
 from stride.datamodules.streaming import KEY_FIELD, decode_member, iter_shard, plan_slot
 from stride.errors import StrideError
 
@@ -53,13 +53,6 @@ class DecodedSplit:
     keys: np.ndarray
     folder: Path
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.keys)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
 
 
 def cache_folder(root: Path, split: str, manifest_sha256: str) -> Path:
@@ -124,12 +117,12 @@ def _build(root: Path, manifest: Manifest, manifest_sha256: str, split: str, fie
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
+        # every shard's sha256 against the manifest; once per process, so not again after setup hashed them
+        verify_shards(root, manifest, [split], checksums=True)
         keys: list[str] = []
         outputs: dict[str, np.ndarray] = {}
         for shard in shards:
             _decode_shard(root, shard, fields, tmp, outputs, keys, total)
-        if len(keys) != total:
-            raise StrideError(f"{root}: split {split!r} decoded {len(keys)} samples, the manifest says {total}")
         for array in outputs.values():
             array.flush()
         del outputs
@@ -145,25 +138,22 @@ def _build(root: Path, manifest: Manifest, manifest_sha256: str, split: str, fie
 
 def _decode_shard(root: Path, shard: ShardEntry, fields: tuple[str, ...], tmp: Path,
                   outputs: dict[str, np.ndarray], keys: list[str], total: int) -> None:
-    """Decode one shard into the preallocated arrays, checking its digest and sample count first."""
+    """Decode one (already verified) shard into the preallocated arrays, checking its sample count."""
     path = root / shard.name
-    if sha256_of(path) != shard.sha256:
-        raise StrideError(f"shard {path}: sha256 does not match the manifest (corrupted?); not caching it")
     start = len(keys)
     for key, members in iter_shard(path, fields):
         row = len(keys)
-        if row - start >= shard.num_samples:
-            break
+        if row - start == shard.num_samples:
+            raise StrideError(f"shard {path} holds more samples than the {shard.num_samples} its manifest says")
         for field in fields:
             try:
                 value = np.asarray(decode_member(field, members[field]))
             except Exception as err:
                 raise StrideError(f"shard {path}, sample {key!r}: cannot decode .{field}: {err}") from None
             if field not in outputs:
-                outputs[field] = np.lib.format.open_memmap(tmp / f"{field}.npy", mode="w+",
-                                                           dtype=np.int64 if value.dtype.kind in "iub" and
-                                                           value.ndim == 0 else value.dtype,
-                                                           shape=(total, *value.shape))
+                labels = value.ndim == 0 and value.dtype.kind in "iub"  # as int64, what the loss takes
+                outputs[field] = np.lib.format.open_memmap(tmp / f"{field}.npy", mode="w+", shape=(total, *value.shape),
+                                                           dtype=np.int64 if labels else value.dtype)
             if value.shape != outputs[field].shape[1:]:
                 raise StrideError(f"shard {path}, sample {key!r}: .{field} has shape {value.shape}, earlier samples "
                                   f"{outputs[field].shape[1:]}; a decoded cache needs equal shapes (data.cache: none)")

@@ -7,8 +7,9 @@ The run is created (or continued, for a restarted trial) explicitly here, with s
 tags and its parent for nesting. Metrics go through Lightning's own `MLFlowLogger` bound
 to that run; this callback adds what Lightning does not know: params, the resolved config,
 the dataset as an MLflow dataset input, and after testing the task's plots and the
-pickle-free model (with its module's weights, `weights/module.pt`). Leaving the `with` block ends the run FINISHED, KILLED (interrupted) or
-FAILED. Only global rank 0 makes one: other DDP ranks pass no recorder.
+pickle-free model (with its module's weights, `weights/module.pt`). Leaving the `with` block
+ends the run FINISHED, KILLED (interrupted) or FAILED. Only global rank 0 makes one: other DDP
+ranks pass no recorder.
 """
 
 from __future__ import annotations
