@@ -18,3 +18,14 @@ def check_spatial(architecture: str, input_shape: tuple[int, ...], height: int, 
     if height < 1 or width < 1:
         raise StrideError(f"architecture {architecture!r}: input shape {tuple(input_shape)} is too small "
                           f"(its feature maps shrink to {height}x{width})")
+
+
+def units_for_depth(depth: int, step: int, offset: int, what: str) -> int:
+    """n from depth = step * n + offset (ResNets, WRNs, DenseNets count their layers so), or a
+    StrideError naming model.depth and the allowed depths."""
+    n, rest = divmod(depth - offset, step)
+    if rest or n < 1:
+        allowed = ", ".join(str(step * k + offset) for k in range(1, 6))
+        raise StrideError(f"model.depth: {depth} is not the depth of a {what}; allowed: {step}n+{offset} "
+                          f"({allowed}, ...)")
+    return n

@@ -15,10 +15,10 @@ from typing import Literal
 from pydantic import PositiveInt
 from torch import Tensor, nn
 
+from stride.architectures.arithmetic import units_for_depth
 from stride.architectures.hyperparameters import DropProbability
 from stride.architectures.initialization import he_normal_
 from stride.architectures.registry import register
-from stride.errors import StrideError
 
 STACK_WIDTHS = (16, 32, 64)
 STEM_FILTERS = 16
@@ -77,14 +77,8 @@ def preact_resnet(input_shape: tuple[int, ...], num_classes: int, blocks_per_sta
 
 
 def _blocks_per_stack(depth: int, convs_per_block: int, offset: int, what: str) -> int:
-    """n from depth = 3 * convs_per_block * n + offset, or a StrideError listing the allowed depths."""
-    n, rest = divmod(depth - offset, 3 * convs_per_block)
-    if rest or n < 1:
-        step = 3 * convs_per_block
-        allowed = ", ".join(str(step * k + offset) for k in range(1, 6))
-        raise StrideError(f"model.depth: {depth} is not the depth of a {what}; allowed: {step}n+{offset} "
-                          f"({allowed}, ...)")
-    return n
+    """n from depth = 3 * convs_per_block * n + offset: three stacks of n blocks."""
+    return units_for_depth(depth, 3 * convs_per_block, offset, what)
 
 
 @register("preact_resnet", task="classification")

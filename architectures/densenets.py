@@ -15,10 +15,10 @@ import torch
 from pydantic import PositiveInt
 from torch import Tensor, nn
 
+from stride.architectures.arithmetic import units_for_depth
 from stride.architectures.hyperparameters import DropProbability, Fraction
 from stride.architectures.initialization import he_normal_
 from stride.architectures.registry import register
-from stride.errors import StrideError
 
 BLOCKS = 3
 BOTTLENECK_WIDTH = 4  # bottleneck maps per unit of growth rate (4k)
@@ -47,13 +47,7 @@ class DenseLayer(nn.Module):
 
 def _layers_per_block(depth: int, bottleneck: bool) -> int:
     """n from N = 3n + 4 (vanilla) or 6n + 4 (bottleneck layers hold two convolutions), or a StrideError."""
-    step = BLOCKS * (2 if bottleneck else 1)
-    n, rest = divmod(depth - 4, step)
-    if rest or n < 1:
-        allowed = ", ".join(str(step * k + 4) for k in range(1, 6))
-        raise StrideError(f"model.depth: {depth} is not the depth of a DenseNet{'-B' if bottleneck else ''}; "
-                          f"allowed: {step}n+4 ({allowed}, ...)")
-    return n
+    return units_for_depth(depth, BLOCKS * (2 if bottleneck else 1), 4, f"DenseNet{'-B' if bottleneck else ''}")
 
 
 @register("densenet", task="classification")

@@ -24,8 +24,8 @@ def loader_throughput(config: StrideConfig, num_workers: int, *, batches: int, w
     Each batch is copied to the device (asynchronously from pinned memory on a GPU) and
     turned into what the model consumes, as in training; augmentation is left out.
     """
-    datamodule = open_datamodule(config, num_workers=num_workers)
-    datamodule.cache_device_override = device  # data.cache=device: the splits on the measured device
+    # data.cache=device: the splits on the measured device, its memory budget checked there
+    datamodule = open_datamodule(config, num_workers=num_workers, cache_device=device)
     batches_iter = endless(datamodule.train_dataloader())
     samples = 0
     started = 0.0

@@ -81,7 +81,7 @@ class BenchReport:
     ratio: float = 0.0  # stride samples/s over bare samples/s
     # the loader's rate at the workers the recipe trains with, over the rate training consumes samples:
     # below 1 the loader is the bottleneck
-    loader_headroom: float = 0.0
+    loader_headroom: float | None = None  # None: the trained worker count was not among those measured
     # on a CPU: the same ratio from this process's CPU time, robust to other jobs on the machine
     ratio_by_cpu_time: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -102,7 +102,8 @@ class BenchReport:
         lines.append(f"  stride training:          {self.stride['samples_per_s']:>12,.0f} samples/s")
         lines.append(f"  bare PyTorch loop:        {self.bare['samples_per_s']:>12,.0f} samples/s")
         lines.append(f"  ratio stride/bare:        {self.ratio:>12.3f}")
-        lines.append(f"  loader headroom:          {self.loader_headroom:>12.1f} x")
+        lines.append(f"  loader headroom:          {self.loader_headroom:>12.1f} x" if self.loader_headroom is not None
+                     else f"  loader headroom:          not measured (workers {self.recipe_workers} not in --workers)")
         if self.ratio_by_cpu_time is not None:
             lines.append(f"  ... by process CPU time:  {self.ratio_by_cpu_time:>12.3f}")
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()))

@@ -25,7 +25,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -51,9 +51,6 @@ class DecodedSplit:
 
     arrays: dict[str, np.ndarray]
     keys: np.ndarray
-    folder: Path
-
-
 
 def cache_folder(root: Path, split: str, manifest_sha256: str) -> Path:
     """Beside the shards; for a dataset folder this user cannot write (shared storage), under
@@ -64,24 +61,29 @@ def cache_folder(root: Path, split: str, manifest_sha256: str) -> Path:
     return Path(os.environ.get("STRIDE_CACHE_DIR", Path.home() / ".cache" / "stride")) / name
 
 
-def open_decoded_split(root: Path, manifest: Manifest, manifest_sha256: str, split: str) -> DecodedSplit:
+def open_decoded_split(root: Path, manifest: Manifest, manifest_sha256: str, split: str, *,
+                       checksums: bool = True) -> DecodedSplit:
     """The split's cache of every member in the sample schema, memory-mapped: reused when intact,
-    (re)built from the shards otherwise."""
+    (re)built from the shards otherwise. Sizes are checked every time; the sha256s with `checksums`
+    (once per process), as for shards: a search's trials and the other DDP ranks check sizes only."""
     fields = tuple(manifest.sample_schema)
     folder = cache_folder(root, split, manifest_sha256)
-    problem = _check(folder, manifest_sha256, manifest.split(split).num_samples, fields)
+    expected = (folder, manifest_sha256, manifest.split(split).num_samples, fields)
+    problem = _check(*expected, checksums=checksums)
     if problem:
         if folder.exists():
             log.warning("rebuilding the decoded cache %s: %s", folder, problem)
-        _build(Path(root), manifest, manifest_sha256, split, fields, folder)
-        problem = _check(folder, manifest_sha256, manifest.split(split).num_samples, fields)
+        _build(Path(root), manifest, manifest_sha256, split, fields, folder,
+               intact=lambda: _check(*expected, checksums=True) is None)
+        problem = _check(*expected, checksums=False)  # hashed while it was written
         if problem:
             raise StrideError(f"decoded cache {folder} failed its own check right after writing: {problem}")
     arrays = {f: np.load(folder / f"{f}.npy", mmap_mode="r", allow_pickle=False) for f in fields}
-    return DecodedSplit(arrays, np.load(folder / KEYS_FILE, allow_pickle=False), folder)
+    return DecodedSplit(arrays, np.load(folder / KEYS_FILE, allow_pickle=False))
 
 
-def _check(folder: Path, manifest_sha256: str, num_samples: int, fields: tuple[str, ...]) -> str | None:
+def _check(folder: Path, manifest_sha256: str, num_samples: int, fields: tuple[str, ...], *,
+           checksums: bool) -> str | None:
     """None if `folder` is an intact cache of this manifest's split, else what is wrong."""
     meta_path = folder / META_FILE
     if not meta_path.is_file():
@@ -97,12 +99,12 @@ def _check(folder: Path, manifest_sha256: str, num_samples: int, fields: tuple[s
         return f"unreadable {META_FILE} ({err})"
     seen = []
     for name, entry in files.items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != entry["num_bytes"]:
+        stat = (folder / name).stat() if (folder / name).is_file() else None
+        if stat is None or stat.st_size != entry["num_bytes"]:
             return f"{name} is missing or has the wrong size (truncated?)"
-        seen.append((name, path.stat().st_size, path.stat().st_mtime_ns))
+        seen.append((name, stat.st_size, stat.st_mtime_ns))
     key = (str(folder.resolve()), tuple(sorted(seen)))
-    if key not in _CHECKED:
+    if checksums and key not in _CHECKED:
         for name, entry in files.items():
             if sha256_of(folder / name) != entry["sha256"]:
                 return f"{name} does not match its recorded sha256 (corrupted)"
@@ -111,7 +113,7 @@ def _check(folder: Path, manifest_sha256: str, num_samples: int, fields: tuple[s
 
 
 def _build(root: Path, manifest: Manifest, manifest_sha256: str, split: str, fields: tuple[str, ...],
-           folder: Path) -> None:
+           folder: Path, intact: Callable[[], bool]) -> None:
     shards = manifest.split(split).shards
     total = manifest.split(split).num_samples
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -131,7 +133,7 @@ def _build(root: Path, manifest: Manifest, manifest_sha256: str, split: str, fie
         files = {name: {"num_bytes": (tmp / name).stat().st_size, "sha256": sha256_of(tmp / name)} for name in names}
         (tmp / META_FILE).write_text(json.dumps({"format": CACHE_FORMAT, "manifest_sha256": manifest_sha256,
                                                  "split": split, "num_samples": total, "files": files}, indent=1))
-        _swap_in(tmp, folder)
+        _swap_in(tmp, folder, intact)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -163,9 +165,11 @@ def _decode_shard(root: Path, shard: ShardEntry, fields: tuple[str, ...], tmp: P
         raise StrideError(f"shard {path} holds {len(keys) - start} samples, the manifest says {shard.num_samples}")
 
 
-def _swap_in(tmp: Path, folder: Path) -> None:
-    """Move the finished cache into place; a stale or damaged one there is replaced, a concurrent
-    writer's identical cache is kept."""
+def _swap_in(tmp: Path, folder: Path, intact: Callable[[], bool]) -> None:
+    """Move the finished cache into place. The first writer wins: an intact cache another process
+    finished meanwhile stays (it may be in use); only a stale or damaged one is replaced."""
+    if folder.exists() and intact():
+        return
     if folder.exists():
         stale = folder.parent / f".{folder.name}.stale-{uuid.uuid4().hex[:8]}"
         try:
@@ -233,7 +237,7 @@ class CachedStream(IterableDataset):
     def __init__(self, decoded: DecodedSplit, shards: list[ShardEntry], fields: tuple[str, ...], *, batch_size: int,
                  training: bool, rank: int = 0, world_size: int = 1, seed: int = 0,
                  device: torch.device | None = None):
-        self.decoded, self.shards, self.fields = decoded, shards, fields
+        self.decoded, self.fields = decoded, fields
         self.batch_size, self.training = batch_size, training
         self.rank, self.seed = rank, seed
         self.device = device or torch.device("cpu")

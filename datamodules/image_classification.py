@@ -44,7 +44,7 @@ class ShardedDataModule(pl.LightningDataModule):
     def __init__(self, path: str | Path, *, batch_size: int, eval_batch_size: int | None = None,
                  num_workers: int = 0, shuffle_buffer: int = 1000, pin_memory: bool = True, seed: int = 0,
                  verify_checksums: bool = True, normalize: str = "dataset", cache: str = "none",
-                 cache_budget_bytes: int | None = None):
+                 cache_budget_bytes: int | None = None, cache_device: torch.device | None = None):
         super().__init__()
         if cache not in CACHE_MODES:
             raise StrideError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
@@ -53,9 +53,11 @@ class ShardedDataModule(pl.LightningDataModule):
                               "set data.cache: none")
         self.cache = cache
         self.cache_budget_bytes = cache_budget_bytes
+        self._cache_device = cache_device  # None: the trainer's device (`stride bench` names the one it measures)
         self.normalize = normalize
         self.root = Path(path)
         self.manifest = read_manifest(self.root)
+        self._manifest_sha256 = manifest_sha256(self.root)  # the identity of the manifest just read
         if self.manifest.task != self.task:  # subclasses accept exactly one kind of dataset
             raise StrideError(f"{self.root}: dataset task is {self.manifest.task!r}, expected {self.task!r}")
         for split in ("train", "val", "test"):
@@ -69,7 +71,6 @@ class ShardedDataModule(pl.LightningDataModule):
         self.verify_checksums = verify_checksums
         self._verified = False
         self._budget_checked_for: torch.device | None = None
-        self.cache_device_override: torch.device | None = None  # e.g. the device `stride bench` measures on
         self._streams: dict[str, ShardStream] = {}
 
     fields: tuple[str, ...] = ()
@@ -82,7 +83,7 @@ class ShardedDataModule(pl.LightningDataModule):
 
     @property
     def dataset_sha256(self) -> str:
-        return manifest_sha256(self.root)
+        return self._manifest_sha256
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -116,10 +117,17 @@ class ShardedDataModule(pl.LightningDataModule):
             self._budget_checked_for = self.cache_device
         self._streams.clear()
 
+    def prepare_data(self) -> None:
+        """Lightning runs this on one process per node, the others waiting: a cached dataset is decoded
+        there once, instead of by every DDP rank at the same time."""
+        if self.cache != "none":
+            self.build_cache()
+
     def build_cache(self) -> None:
         """Decode every split now (a search's driver does, so that its trials only read the cache)."""
         for split in self.manifest.splits:
-            open_decoded_split(self.root, self.manifest, self.dataset_sha256, split)
+            open_decoded_split(self.root, self.manifest, self.dataset_sha256, split,
+                               checksums=self.verify_checksums)
 
     @property
     def cache_device(self) -> torch.device:
@@ -127,8 +135,8 @@ class ShardedDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if self.cache != "device":
             return torch.device("cpu")
-        if self.cache_device_override is not None:
-            return self.cache_device_override
+        if self._cache_device is not None:
+            return self._cache_device
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def stream(self, split: str) -> ShardStream | CachedStream:
@@ -137,7 +145,8 @@ class ShardedDataModule(pl.LightningDataModule):
             training = split == "train"
             batch_size = self.batch_size if training else self.eval_batch_size
             if self.cache != "none":
-                decoded = open_decoded_split(self.root, self.manifest, self.dataset_sha256, split)
+                decoded = open_decoded_split(self.root, self.manifest, self.dataset_sha256, split,
+                                             checksums=self.verify_checksums)
                 self._streams[split] = CachedStream(decoded, self.manifest.split(split).shards, self.fields,
                                                     batch_size=batch_size, training=training, rank=rank,
                                                     world_size=world, seed=self.seed, device=self.cache_device)

@@ -101,7 +101,9 @@ class RunMetricsLogger(MLFlowLogger):
 
     @property
     def experiment(self) -> MlflowClient:
-        with fluent_tracking_uri(self._tracking_uri):  # Lightning sets it for good on first use
+        if self._initialized:
+            return self._mlflow_client
+        with fluent_tracking_uri(self._tracking_uri):  # Lightning would set it for good on first use
             return super().experiment
 
     def finalize(self, status: str = "success") -> None:
@@ -191,11 +193,9 @@ class MlflowRun(EpochHistory):
         self.client.log_inputs(self.run_id, datasets=[dataset_input(path, datamodule.manifest.dataset, sha)])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        counted = len(self.epoch_times_s)
         super().on_train_epoch_end(trainer, pl_module)
-        if len(self.epoch_times_s) > counted:  # what `stride bench --search` subtracts from a trial's time
-            self.client.log_metric(self.run_id, "epoch_time_s", round(self.epoch_times_s[-1], 4),
-                                   step=trainer.global_step)
+        # what `stride bench --search` subtracts from a trial's time
+        self.client.log_metric(self.run_id, "epoch_time_s", round(self.epoch_times_s[-1], 4), step=trainer.global_step)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._clock.setdefault("fit", time.perf_counter())

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from stride.text_table import align_columns
-from stride.tuning.runs import TRIAL_ID_TAG, child_runs
+from stride.tuning.runs import child_runs
 from stride.tuning.search import run_search
 
 PHASES = ("time_setup_s", "time_test_s", "time_logging_s")
@@ -71,8 +71,7 @@ def measure_search_overhead(spec: str, *, overrides: Sequence[str] = (), trackin
                         spec_overrides=spec_overrides, tune_callbacks=[clock])
     client = MlflowClient(result.tracking_uri)
     rows = []
-    for run in child_runs(result.tracking_uri, result.parent_run_id).values():
-        trial_id = run.data.tags.get(TRIAL_ID_TAG)
+    for trial_id, run in child_runs(result.tracking_uri, result.parent_run_id).items():
         if trial_id not in clock.started or trial_id not in clock.ended:
             continue
         epochs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")]

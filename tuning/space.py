@@ -16,7 +16,7 @@ TIME_ATTR = "training_iteration"  # reports so far: one per epoch, so epochs com
 
 
 def tune_domain(dim: Dimension, *, grid: bool = False) -> Any:
-    if dim.kind == "grid" or (grid and dim.kind == "choice"):
+    if dim.enumerated(grid):
         return tune.grid_search(list(dim.args))
     if dim.kind == "choice":
         return tune.choice(list(dim.args))
@@ -49,7 +49,8 @@ def scheduler(spec: SearchSpec, dimensions: list[Dimension], base: StrideConfig)
     if s.name == "pbt":
         mutations = {d.key: (list(d.args) if d.is_discrete else tune_domain(d)) for d in dimensions
                      if d.key != "model.architecture" and not d.key.startswith("model.")}
-        return pbt_scheduler(s, mutations, time_attr=TIME_ATTR, last_epoch=base.trainer.max_epochs)
+        last_epoch = base.trainer.max_epochs if base.trainer.max_steps <= 0 else None  # steps bound it: unknown
+        return pbt_scheduler(s, mutations, time_attr=TIME_ATTR, last_epoch=last_epoch)
     # max_t one past the last epoch: ASHA stops every trial that reaches max_t, and a trial that
     # trained all its epochs must still test its best checkpoint and log its model after its last report.
     max_epochs = base.trainer.max_epochs or 1

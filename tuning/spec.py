@@ -46,6 +46,10 @@ class Dimension:
     def is_discrete(self) -> bool:
         return self.kind in ("choice", "grid")
 
+    def enumerated(self, grid_search: bool) -> bool:
+        """Whether Tune tries every value (a grid; under `search_alg: grid` every choice too)."""
+        return self.kind == "grid" or (grid_search and self.kind == "choice")
+
     @property
     def log_scale(self) -> bool:
         return self.kind in ("loguniform", "qloguniform")
@@ -272,7 +276,7 @@ def trial_count(spec: SearchSpec, dimensions: list[Dimension]) -> int:
     """How many trials the search starts: `num_samples` times every grid (a grid search: every choice too)."""
     count = spec.num_samples
     for dim in dimensions:
-        if dim.kind == "grid" or (spec.search_alg == "grid" and dim.is_discrete):
+        if dim.enumerated(spec.search_alg == "grid"):
             count *= len(dim.args)
     return count
 
