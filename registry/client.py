@@ -17,11 +17,21 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def connect(tracking_uri: str | None = None) -> MlflowClient:
-    """Resolve and check the store (fails fast when a server is down), point mlflow at it."""
+    """Resolve and check the store (fails fast when a server is down), point mlflow's fluent calls
+    (`load_model`, artifact downloads) at it, and return a client of it.
+
+    Nothing else of the process is pinned: `mlflow.set_tracking_uri` also exports
+    $MLFLOW_TRACKING_URI, which would redirect every later store resolution of this process and
+    its children, and a global registry URI would win over the tracking URI of every later
+    `MlflowClient(uri)`. The registry follows the tracking URI by default."""
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
     return MlflowClient(uri, registry_uri=uri)
 
 
