@@ -5,12 +5,13 @@ from __future__ import annotations
 from stride.errors import StrideError
 
 
-def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0) -> int:
-    """floor((n + 2p - f) / s) + 1, the lecture notes' formula (the CUDA thesis: floor((n - f + 2p)/s) + 1).
+def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """floor((n + 2p - f) / s) + 1, the lecture notes' formula (the CUDA thesis: floor((n - f + 2p)/s) + 1),
+    with a dilated kernel's span d(f - 1) + 1 as f.
 
     Pooling windows follow the same rule (torch's default floor mode).
     """
-    return (size + 2 * padding - kernel_size) // stride + 1
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
 
 
 def check_spatial(architecture: str, input_shape: tuple[int, ...], height: int, width: int) -> None:

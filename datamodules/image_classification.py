@@ -48,7 +48,8 @@ class ShardedDataModule(pl.LightningDataModule):
         super().__init__()
         if cache not in CACHE_MODES:
             raise StrideError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
-        if cache != "none" and not self.cacheable:
+        if cache != "none" and (not self.cacheable or self.collate not in (stack_batch, images_and_labels)):
+            # a cached batch is the stacked members, which is what these two collates make
             raise StrideError(f"data.cache={cache}: {self.task} samples vary in size and stream from the shards; "
                               "set data.cache: none")
         self.cache = cache

@@ -184,11 +184,14 @@ def read_binary_batch(files: SourceFiles, name: str, layout: Layout) -> tuple[np
 
 def read_class_names(files: SourceFiles, prefix: str, layout: Layout, dataset: CifarDataset) -> dict[str, list[str]]:
     names = {}
+    unpickled: dict[str, dict] = {}  # CIFAR-100's `meta` holds both label sets: read it once
     for label_set, (file, key) in layout.names.items():
         if key is None:
             found = [line.strip() for line in files.read(prefix + file).decode("utf-8", "replace").splitlines()]
         else:
-            found = pickled_dict(files, prefix + file).get(key)
+            if file not in unpickled:
+                unpickled[file] = pickled_dict(files, prefix + file)
+            found = unpickled[file].get(key)
             if not isinstance(found, list):
                 raise StrideError(f"{files.where(prefix + file)}: no list '{key}' of class names")
             found = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in found]

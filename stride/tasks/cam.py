@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stride.architectures.arithmetic import conv_output_size
 from stride.architectures.heads import CamHead, evaluation_mode, find_cam_head
 from stride.cam_plots import CamPanel, plot_cam_panels
 from stride.errors import StrideError
@@ -76,7 +77,7 @@ def _spread_class_conv(conv: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
     finer resolution (for a 1x1 kernel it is the conv's output itself)."""
     height, width = features.shape[-2:]
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    out_h, out_w = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out_h, out_w = conv_output_size(height, kh, sh, ph, dh), conv_output_size(width, kw, sw, pw, dw)
     classes = conv.out_channels
     constant = torch.eye(classes, dtype=features.dtype, device=features.device)[:, :, None, None]
     constant = constant.expand(classes, classes, out_h, out_w) / (out_h * out_w)
