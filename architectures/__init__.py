@@ -3,6 +3,6 @@
 from stride.architectures.registry import build, get, names, register, validate_params, weight_count
 from stride.architectures import digits, recurrent, tcn  # noqa: F401,E402  (each registers its builders)
 from stride.architectures import (  # noqa: F401,E402
-    cifar_resnets, densenets, imagenet, lenet, nin_vgg, thesis_cuda)
+    captioning, cifar_resnets, densenets, face_detector, imagenet, lenet, nin_vgg, thesis_cuda)
 
 __all__ = ["build", "get", "names", "register", "validate_params", "weight_count"]

@@ -47,6 +47,7 @@ class Manifest(BaseModel):
     class_names: list[str] = []
     stats: dict[str, list[float]] = {}  # e.g. per-channel mean/std of the training split, pixels in [0, 1]
     skipped_samples: dict[str, int] = {}  # reason -> count; never silently dropped
+    annotations: dict[str, Any] = {}  # what the annotations hold, e.g. faces kept and dropped per split
     splits: dict[str, SplitEntry]
     stride_version: str = ""
 

@@ -21,6 +21,7 @@ from stride import __version__
 from stride.datamodules.manifest import MANIFEST_NAME, Manifest, ShardEntry, SplitEntry, sha256_of
 from stride.datamodules.swap import finish_swap, journalled_folders, swap_in
 from stride.errors import StrideError
+from stride.names import plain_name
 
 TMP_MARK = ".stride-tmp-"
 
@@ -132,6 +133,18 @@ class ShardWriter:
             info.mode = 0o444
             self._tar.addfile(info, io.BytesIO(payload))
         self._tar_count += 1
+
+    def add_file(self, name: str, data: bytes) -> Path:
+        """Write one extra file (e.g. `vocabulary.json`) into the dataset; it moves into place with the shards."""
+        plain_name(name, "dataset file")
+        if name == MANIFEST_NAME or name.endswith(".tar") or (self.tmp_dir / name).exists():
+            raise ValueError(f"dataset file {name!r} is the manifest, a shard name or already written")
+        path = self.tmp_dir / name
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return path
 
     def commit(self, **manifest_fields: Any) -> Manifest:
         """Finish the last shard, write the manifest and move the dataset into place."""

@@ -22,6 +22,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                                                         "models:/m-<id> or runs:/RUN_ID/model")
     parser.add_argument("--data", required=True, help="dataset folder (holds manifest.json)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--predictions-dir", help="also write per-image prediction files there (detection: the "
+                        "`<event>/<name>.txt` files the official WIDER FACE evaluation tools read)")
     parser.add_argument("--experiment", default=EXPERIMENT, help=f"where the evaluation run goes ({EXPERIMENT})")
     add_tracking_argument(parser)
     parser.set_defaults(handler=run)
@@ -31,14 +33,18 @@ def run(args: argparse.Namespace) -> int:
     from stride.registry.client import connect
     from stride.registry.evaluation import evaluate_network
     from stride.registry.references import describe_model, load_network
-    from stride.tasks import get_task
+    from stride.errors import StrideError
+    from stride.tasks import Task, get_task
 
     client = connect(args.tracking_uri)
     ref = describe_model(client, args.model)
     task = get_task(ref.task)
-    data = task.evaluation_data(args.data)
+    if args.predictions_dir and type(task).write_predictions is Task.write_predictions:
+        raise StrideError(f"--predictions-dir: task {task.name!r} of {args.model} writes no prediction files")
+    data = task.evaluation_data(args.data, ref.input_shape)
     result = evaluate_network(task, load_network(ref), data, args.split, model_uri=args.model,
                               input_shape=ref.input_shape)
+    written = task.write_predictions(result, Path(args.predictions_dir)) if args.predictions_dir else []
     run_id, link = log_evaluation(task, ref, result, args.experiment, args.tracking_uri)
     print(f"model    : {args.model}" + (f" (version {ref.version})" if ref.version else ""))
     print(f"data     : {result.dataset_path} [{args.split}]")
@@ -46,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         if not key.endswith("_samples"):
             print(f"{key:<9}: {value:.4f}")
     print(f"samples  : {result.samples}")
+    if written:
+        print(f"files    : {len(written)} prediction files under {args.predictions_dir}")
     print(f"logged   : run {run_id} in experiment {args.experiment!r} (plots/)")
     print(f"MLflow   : {link}")
     return 0

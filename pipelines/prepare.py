@@ -9,9 +9,9 @@ from stride.datamodules.sources.cifar import DATASETS as CIFAR
 from stride.datamodules.sources.mnist_idx import DATASETS as MNIST_LIKE
 from stride.errors import StrideError
 
-BUILTIN = ("digits", "patches")
+BUILTIN = ("digits", "patches", "faces")
 USER_FILES = ("sequences",)
-OFFICIAL_FILES = (*MNIST_LIKE, *CIFAR, "svhn")  # need --source
+OFFICIAL_FILES = (*MNIST_LIKE, *CIFAR, "svhn", "wider-face")  # need --source
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoding", choices=ENCODINGS, default="png",
                         help="png: small; npy: fastest to decode")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    parser.add_argument("--labels", help="wider-face: RetinaFace-style label.txt (or a folder of them) adding "
+                        "five landmarks per face")
+    parser.add_argument("--raw-out", help="faces: also keep the composed images in the WIDER FACE layout there "
+                        "(images, _bbx_gt.txt, evaluation .mat files)")
     parser.add_argument("--download", action="store_true",
                         help="fetch the official files into --source first (needs network)")
 
@@ -89,7 +93,21 @@ def _svhn(args: argparse.Namespace, common: dict):
                         fetch=args.download, **common)
 
 
-PREPARERS = {"sequences": _sequences, "digits": _digits, "patches": _patches, "svhn": _svhn,
+def _faces(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.faces import prepare_faces
+
+    return prepare_faces(args.out, seed=args.seed, val_size=args.val_size or 40, samples_per_shard=args.shard_size,
+                         overwrite=args.overwrite, raw_dir=args.raw_out)
+
+
+def _wider_face(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.wider_face import prepare_wider_face
+
+    return prepare_wider_face(args.source, args.out, val_size=args.val_size or 1000, seed=args.seed,
+                              samples_per_shard=args.shard_size, overwrite=args.overwrite, labels=args.labels)
+
+
+PREPARERS = {"faces": _faces, "wider-face": _wider_face,"sequences": _sequences, "digits": _digits, "patches": _patches, "svhn": _svhn,
              **dict.fromkeys(MNIST_LIKE, _mnist_like), **dict.fromkeys(CIFAR, _cifar)}
 
 
@@ -102,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
                           "(docs/datasets.md)")
     if args.label_set and args.dataset != "cifar100":
         raise StrideError(f"--label-set is for cifar100; {args.dataset} has one set of labels")
+    if args.labels and args.dataset != "wider-face":
+        raise StrideError(f"--labels is for wider-face, not {args.dataset}")
+    if args.raw_out and args.dataset != "faces":
+        raise StrideError(f"--raw-out is for faces, not {args.dataset}")
     manifest = PREPARERS[args.dataset](args, common)
     sizes = ", ".join(f"{name} {split.num_samples}" for name, split in manifest.splits.items())
     print(f"wrote {args.out}: {manifest.dataset} ({sizes}; {sum(len(s.shards) for s in manifest.splits.values())} "

@@ -36,5 +36,6 @@ def predict_files(model_uri: str, files: list[str | Path], top_k: int = 3, track
     inputs = np.stack([task.read_input(check_file(f), TensorSpec(ref.input_shape), max_pixels=max_pixels)
                        for f in files])
     outputs = load_network(ref)(torch.from_numpy(inputs)).numpy()
-    rows = task.predictions(outputs, [str(f) for f in files], class_names(client, ref), top_k)
+    rows = task.predictions(outputs, [str(f) for f in files], class_names(client, ref), top_k,
+                            inputs=TensorSpec(ref.input_shape))
     return rows, task.prediction_table(rows)

@@ -204,7 +204,7 @@ def promote_best(tracking_uri: str | None = None, *, model_name: str, experiment
     dataset = _dataset_path(candidate, data)
     check_dataset_identity(dataset, candidate.run.data.tags.get("dataset.manifest_sha256"), candidate.run_id)
     config_hash = config_sha256(candidate.run_id)
-    test_data = task.evaluation_data(dataset)
+    test_data = task.evaluation_data(dataset, candidate_ref.input_shape)
     evaluation = evaluate_reference(candidate_ref, test_data)
 
     with registry_lock(client, model_name, timeout_s=lock_timeout_s):

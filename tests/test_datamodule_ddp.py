@@ -52,7 +52,8 @@ def collect(rank: int, root: str, port: int, num_workers: int, out: str) -> None
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+# ranks x loader workers: 90 s of process starts, run with `pytest -m cluster` (CI runs ranks alone)
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.cluster)])
 def test_ranks_split_samples_correctly(digits_shards, tmp_path, num_workers):
     from conftest import free_port
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # `stride.text_table`, `stride.plots`) are the lowest layer.
 LAYERS = [
     {"stride"},
+    {"stride.metrics"},
     {"stride.architectures", "stride.datamodules"},
     {"stride.config"},
     {"stride.lightning_modules"},

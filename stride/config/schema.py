@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-TASKS = ("classification", "sequence_classification")
+TASKS = ("classification", "sequence_classification", "detection", "captioning")
 
 
 class Section(BaseModel):
@@ -22,6 +22,10 @@ class Section(BaseModel):
 class AugmentConfig(Section):
     random_shift_px: NonNegativeInt = 0  # random translation by up to this many pixels (zero-filled)
     horizontal_flip: bool = False
+    # detection and captioning (per image, in the loader, moving the boxes): a random crop of part of the
+    # image, and brightness/contrast/saturation jitter of this strength
+    random_crop: bool = False
+    color_jitter: float = Field(0.0, ge=0, le=1)
 
 
 class DataConfig(Section):
@@ -40,6 +44,11 @@ class DataConfig(Section):
     # sequence_classification over image shards: pixels as a sequence (docs/models.md, A2)
     sequence_view: Literal["sequential", "permuted"] = "sequential"
     permutation_seed: int = 0  # the one fixed permutation of the permuted view
+    # detection and captioning, whose images vary in size: the side of the square the network sees (images
+    # are letterboxed / resized into it; None: the task's default); detection may train at several sides
+    image_size: PositiveInt | None = None
+    train_sizes: list[PositiveInt] = []  # multi-scale training: each batch picks one side (001: 512/576/640)
+    max_words: PositiveInt = 50  # captioning: longer captions are cut here, generation stops here
 
 
 class ModelConfig(BaseModel):

@@ -125,8 +125,9 @@ class Task(ABC):
 
     # -- the registry -----------------------------------------------------------------------
     @abstractmethod
-    def evaluation_data(self, path: str | Path) -> "ShardedDataModule":
-        """A datamodule that reads a dataset for evaluation, every sample once."""
+    def evaluation_data(self, path: str | Path, input_shape: tuple[int, ...] | None = None) -> "ShardedDataModule":
+        """A datamodule that reads a dataset for evaluation, every sample once; `input_shape` is the model's,
+        for tasks that resize stored images to what the network takes (detection, captioning)."""
 
     @abstractmethod
     def evaluate(self, network: nn.Module, data: "ShardedDataModule", split: str, model: str) -> Evaluation:
@@ -136,18 +137,47 @@ class Task(ABC):
     def evaluation_figures(self, evaluation: Evaluation, folder: Path, title: str) -> list[Path]:
         """PNG files to log with an evaluation."""
 
+    def write_predictions(self, evaluation: Evaluation, folder: Path) -> list[Path]:
+        """Per-sample prediction files in a format other tools read (`stride evaluate --predictions-dir`)."""
+        raise StrideError(f"task {self.name!r} writes no per-sample prediction files")
+
     @abstractmethod
     def read_input(self, path: Path, inputs: TensorSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """One file as the exported network's input (raises StrideError naming the file). Images larger
         than `max_pixels` are refused from their header, before anything is decoded."""
 
     @abstractmethod
-    def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int) -> list[Any]:
-        """Rows with `as_dict()`, one per file, from the network's outputs."""
+    def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int,
+                    inputs: TensorSpec | None = None) -> list[Any]:
+        """Rows with `as_dict()`, one per file, from the network's outputs (`inputs`: what `read_input` made
+        of the files, for tasks that map outputs back to each file's own pixels)."""
 
     @abstractmethod
     def prediction_table(self, rows: list[Any]) -> str:
         """`stride predict`'s text output."""
+
+
+def datamodule_arguments(config: "StrideConfig") -> dict[str, Any]:
+    """The `data` options every task's datamodule takes the same way."""
+    data = config.data
+    return dict(batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, num_workers=data.num_workers,
+                shuffle_buffer=data.shuffle_buffer, pin_memory=data.pin_memory, seed=config.trainer.seed,
+                normalize=data.normalize, cache=data.cache,
+                cache_budget_bytes=data.cache_budget_mb and data.cache_budget_mb * 2**20)
+
+
+def refuse_options_of_other_tasks(config: "StrideConfig", task: str, options: tuple[str, ...]) -> None:
+    """A `data` option this task would ignore is an error, not a silent no-op (e.g. data.image_size on
+    stored 28 x 28 digits)."""
+    from stride.config.schema import DataConfig
+
+    defaults = DataConfig(path=config.data.path)
+    for dotted in options:
+        value, default = config.data, defaults
+        for part in dotted.split("."):
+            value, default = getattr(value, part), getattr(default, part)
+        if value != default:
+            raise StrideError(f"data.{dotted}={value!r} has no effect on task {task!r}; remove it")
 
 
 _TASKS: dict[str, Task] = {}

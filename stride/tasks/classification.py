@@ -31,7 +31,7 @@ from stride.lightning_modules.normalize import Normalize
 from stride.lightning_modules.sequence_view import SequenceView
 from stride.plots import plot_confusion_matrix, plot_learning_curves
 from stride.tasks.base import (DEFAULT_MAX_PIXELS, DataFacts, Evaluation, ExportedModel, Task, TensorSpec,
-                               register_task)
+                               datamodule_arguments, refuse_options_of_other_tasks, register_task)
 from stride.tasks.cam import plot_test_split_cams
 from stride.text_table import align_columns
 
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 256
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_MODES = {1: "L", 3: "RGB"}
+# data options of the tasks whose images vary in size: stored classification samples are fed as they are
+IMAGE_SIZED_OPTIONS = ("image_size", "train_sizes", "max_words", "augment.random_crop", "augment.color_jitter")
 
 
 @dataclass
@@ -69,16 +71,12 @@ class ClassificationTask(Task):
     # -- training ---------------------------------------------------------------------------
     def datamodule(self, config: StrideConfig, **overrides: Any) -> ShardedDataModule:
         data = config.data
+        refuse_options_of_other_tasks(config, self.name, IMAGE_SIZED_OPTIONS)
         manifest_task = read_manifest(data.path).task
         if manifest_task not in self.dataset_tasks:
             raise StrideError(f"{data.path}: dataset task is {manifest_task!r}, but task {self.name!r} trains on "
                               f"{' or '.join(map(repr, self.dataset_tasks))} datasets; {fitting(manifest_task)}")
-        kwargs: dict[str, Any] = dict(batch_size=data.batch_size, eval_batch_size=data.eval_batch_size,
-                                      num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
-                                      pin_memory=data.pin_memory, seed=config.trainer.seed, normalize=data.normalize,
-                                      cache=data.cache, cache_budget_bytes=data.cache_budget_mb and
-                                      data.cache_budget_mb * 2**20)
-        kwargs.update(overrides)
+        kwargs = {**datamodule_arguments(config), **overrides}
         if manifest_task == "sequence_classification":
             return SequenceClassificationData(data.path, **kwargs)
         return ImageClassificationData(data.path, random_shift_px=data.augment.random_shift_px,
@@ -124,7 +122,8 @@ class ClassificationTask(Task):
         return ExportedModel(network, TensorSpec(tuple(facts.input_shape)), TensorSpec((facts.num_classes,)))
 
     # -- the registry -----------------------------------------------------------------------
-    def evaluation_data(self, path: str | Path) -> ShardedDataModule:
+    def evaluation_data(self, path: str | Path, input_shape: tuple[int, ...] | None = None) -> ShardedDataModule:
+        # samples are fed as stored: a model of another input shape is refused by the registry
         return _datamodule_for(path, batch_size=EVAL_BATCH_SIZE, num_workers=0, pin_memory=False)
 
     @torch.no_grad()
@@ -164,7 +163,8 @@ class ClassificationTask(Task):
             return read_image(path, inputs.shape, max_pixels)
         raise StrideError(f"{path}: unsupported file type {suffix or '(none)'} (use .png, .jpg, .jpeg or .npy)")
 
-    def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int) -> list[Prediction]:
+    def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int,
+                    inputs: TensorSpec | None = None) -> list[Prediction]:
         rows = []
         for file, probs in zip(files, outputs):
             order = np.argsort(-probs)[:max(1, top_k)]

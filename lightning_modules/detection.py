@@ -1,0 +1,262 @@
+"""One LightningModule for dense detection (docs/models.md, A3): anchor matching, the losses, AP.
+
+Batches are `(images, targets)`: N x 3 x S x S images in [0, 1] and one dict per image with
+"boxes" (k, 4) x1, y1, x2, y2 in batch pixels, "scale" (batch pixels per original pixel), "key"
+and "annotation" (the sample's json). Optional "labels" (k,) give foreground classes (default 0:
+the face). How anchors are matched and what the loss weighs are the network's hyper-parameters
+(`network.loss`), so the config's model section describes the whole detector.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stride.architectures.face_detector import DetectorOutput, FaceDetector, LossSettings
+from stride.config.schema import OptimConfig, ScheduleConfig
+from stride.lightning_modules.classification import build_optimizer
+from stride.lightning_modules.schedules import lr_multiplier
+
+NEGATIVE, IGNORED = -1, -2  # match_anchors' codes for anchors without a face
+MATCH_CHUNK = 128  # faces per IoU matrix: a crowd of 1,000+ faces x 10^5 anchors would need gigabytes at once
+AP_IOU = 0.5  # WIDER FACE's IoU threshold
+
+
+def match_anchors(anchors: Tensor, boxes: Tensor, positive_iou: float, negative_iou: float,
+                  match_best_anchor: bool = True) -> Tensor:
+    """(A,) index of each anchor's face, NEGATIVE (best IoU < negative_iou) or IGNORED (in between).
+
+    An anchor is positive at IoU >= positive_iou with some face (the seed's rule, with 0.5), matched to
+    the face it overlaps most. `match_best_anchor` adds the standard low-quality matches (Faster R-CNN;
+    torchvision's Matcher): every anchor that is some face's best (ties included, IoU > 0) is positive
+    too, so small or oddly shaped faces are trained even when no anchor reaches positive_iou.
+    """
+    from torchvision.ops import box_iou
+
+    if boxes.numel() == 0:
+        return torch.full((anchors.shape[0],), NEGATIVE, dtype=torch.long, device=anchors.device)
+    best_iou = torch.full((anchors.shape[0],), -1.0, device=anchors.device)
+    best_box = torch.zeros(anchors.shape[0], dtype=torch.long, device=anchors.device)
+    best_anchors = []
+    for start in range(0, boxes.shape[0], MATCH_CHUNK):
+        iou = box_iou(boxes[start:start + MATCH_CHUNK], anchors)  # (faces, A)
+        chunk_iou, chunk_box = iou.max(dim=0)
+        better = chunk_iou > best_iou
+        best_iou, best_box = torch.where(better, chunk_iou, best_iou), torch.where(better, chunk_box + start, best_box)
+        if match_best_anchor:
+            highest = iou.max(dim=1, keepdim=True).values
+            best_anchors.append(torch.nonzero((iou == highest) & (highest > 0), as_tuple=True)[1])
+    matched = torch.where(best_iou >= positive_iou, best_box,
+                          torch.where(best_iou < negative_iou, NEGATIVE, IGNORED))
+    if match_best_anchor:
+        low_quality = torch.cat(best_anchors)
+        matched[low_quality] = best_box[low_quality]
+    return matched
+
+
+class DetectionLosses(NamedTuple):
+    total: Tensor
+    classification: Tensor
+    regression: Tensor
+
+
+def detection_loss(output: DetectorOutput, anchors: Tensor, targets: list[dict[str, Any]],
+                   network: FaceDetector) -> DetectionLosses:
+    """The network's loss (`network.loss`) over a batch; images without faces have only negative anchors.
+
+    "cross_entropy" (eq. 58 of the TCN study): mean cross-entropy over every anchor not ignored
+    (binary for a sigmoid classifier) + the Smooth-L1 of the 4 offsets summed, averaged over the
+    positive anchors. "focal" (RetinaNet, eq. 61 of the Swedish variant): focal loss summed over the
+    anchors not ignored, divided by the positives, + the same Smooth-L1.
+    """
+    settings = network.loss
+    logits, deltas = output.class_logits.float(), output.box_deltas.float()
+    matched, classes, box_targets = [], [], []
+    for target in targets:
+        boxes = torch.as_tensor(target["boxes"], dtype=torch.float32, device=anchors.device).reshape(-1, 4)
+        labels = torch.as_tensor(target.get("labels", torch.zeros(len(boxes))), device=anchors.device).long()
+        image_matched = match_anchors(anchors, boxes, settings.positive_iou, settings.negative_iou,
+                                      settings.match_best_anchor)
+        positive = image_matched >= 0
+        face = image_matched.clamp(min=0)
+        matched.append(image_matched)
+        classes.append(torch.where(positive, labels[face] if len(labels) else 0, -1))
+        box_targets.append(network.box_coder.encode(boxes[face[positive]], anchors[positive]))
+    matched_all, classes_all = torch.stack(matched), torch.stack(classes)
+    positive, counted = matched_all >= 0, matched_all != IGNORED
+    positives = positive.sum().clamp(min=1)
+    classification = _classification_loss(logits[counted], classes_all[counted], network.classifier, settings,
+                                          positives)
+    regression = F.smooth_l1_loss(deltas[positive], torch.cat(box_targets), beta=settings.smooth_l1_beta,
+                                  reduction="sum") / positives
+    return DetectionLosses(classification + regression, classification, regression)
+
+
+def _classification_loss(logits: Tensor, classes: Tensor, classifier: str, settings: LossSettings,
+                         positives: Tensor) -> Tensor:
+    """`classes`: the foreground class of each counted anchor, -1 for background."""
+    if logits.shape[0] == 0:
+        return logits.sum()
+    if classifier == "softmax":
+        target = classes + 1  # background is logit 0
+        if settings.loss == "cross_entropy":
+            return F.cross_entropy(logits, target)
+        log_p = torch.log_softmax(logits, dim=-1).gather(1, target.unsqueeze(1)).squeeze(1)
+        alpha = 1.0 if settings.focal_alpha is None else torch.where(
+            target > 0, settings.focal_alpha, 1 - settings.focal_alpha)
+        return (-alpha * (1 - log_p.exp()) ** settings.focal_gamma * log_p).sum() / positives
+    one_hot = torch.zeros_like(logits)
+    foreground = classes >= 0
+    one_hot[foreground, classes[foreground]] = 1.0
+    if settings.loss == "cross_entropy":
+        return F.binary_cross_entropy_with_logits(logits, one_hot)
+    from torchvision.ops import sigmoid_focal_loss
+
+    alpha = -1.0 if settings.focal_alpha is None else settings.focal_alpha  # torchvision: < 0 is unweighted
+    return sigmoid_focal_loss(logits, one_hot, alpha=alpha, gamma=settings.focal_gamma, reduction="sum") / positives
+
+
+class ImageDetections(NamedTuple):
+    """One test image's detections in its original pixels and its annotation, for the task's figures."""
+
+    detections: np.ndarray  # (k, 5) x1, y1, x2, y2, score
+    annotation: dict[str, Any]
+
+
+def pack_images(predictions: list[np.ndarray], ground_truth: list[np.ndarray]) -> np.ndarray:
+    """Rows (image, is_face, x1, y1, x2, y2, score) of every prediction and ground-truth face: one
+    float32 array per rank, so ranks can all-gather them as tensors (no pickled objects)."""
+    rows = [np.zeros((0, 7), np.float32)]
+    for image, (found, faces) in enumerate(zip(predictions, ground_truth)):
+        rows.append(np.column_stack([np.full(len(found), image), np.zeros(len(found)), found]))
+        rows.append(np.column_stack([np.full(len(faces), image), np.ones(len(faces)), faces, np.zeros(len(faces))]))
+    return np.concatenate(rows).astype(np.float32)
+
+
+def unpack_images(rows: np.ndarray, images: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The inverse of `pack_images` for `images` images."""
+    index = rows[:, 0].astype(np.int64)
+    face = rows[:, 1] > 0
+    predictions = [rows[(index == i) & ~face, 2:7] for i in range(images)]
+    ground_truth = [rows[(index == i) & face, 2:6] for i in range(images)]
+    return predictions, ground_truth
+
+
+class DetectionModule(pl.LightningModule):
+    """The network's detection loss; per split the loss, and on val/test the AP at IoU 0.5
+    (`val_ap`, `test_ap`) over every image of the split.
+
+    AP compares detections with the batch's target boxes (the trainable faces), in batch pixels: IoU
+    does not change with the letterbox scale, so it is the AP in original pixels. The official WIDER
+    FACE evaluation (easy/medium/hard, every face of the annotation) belongs to the task. Under DDP
+    each rank's images are all-gathered before AP, so every rank logs the same number.
+    """
+
+    def __init__(self, network: FaceDetector, optim: OptimConfig, schedule: ScheduleConfig,
+                 description: dict[str, Any] | None = None):
+        super().__init__()
+        if description is not None:  # plain data only: checkpoints stay loadable with weights_only=True
+            self.save_hyperparameters({"stride": description}, logger=False)
+        self.network = network
+        self.optim = optim
+        self.schedule = schedule
+        self.compiled_forward: Callable[[Tensor], DetectorOutput] | None = None  # see training.speed
+        self._predictions: list[np.ndarray] = []  # this epoch's val or test images, this rank's
+        self._ground_truth: list[np.ndarray] = []
+        # after testing: this rank's test images (all of them without DDP), in original pixels
+        self.last_test_predictions: list[ImageDetections] = []
+
+    def forward(self, images: Tensor) -> DetectorOutput:
+        return (self.compiled_forward or self.network)(images)
+
+    def _step(self, batch: tuple[Tensor, list[dict[str, Any]]], split: str) -> Tensor:
+        images, targets = batch
+        output = self(images)
+        height, width = images.shape[-2:]
+        losses = detection_loss(output, self.network.anchors(height, width, images.device), targets, self.network)
+        size = len(targets)
+        self.log(f"{split}_loss", losses.total, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
+        self.log(f"{split}_classification_loss", losses.classification, on_step=False, on_epoch=True,
+                 sync_dist=True, batch_size=size)
+        self.log(f"{split}_box_loss", losses.regression, on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=size)
+        if split == "train":
+            self.log("train_loss_step", losses.total, on_step=True, on_epoch=False, prog_bar=True)
+        else:
+            self._collect(output, targets, height, width, split)
+        return losses.total
+
+    def _collect(self, output: DetectorOutput, targets: list[dict[str, Any]], height: int, width: int,
+                 split: str) -> None:
+        padded = self.network.postprocess(output, height, width).cpu().numpy()  # one transfer per batch
+        for rows, target in zip(padded, targets):
+            found = rows[rows[:, 4] > 0]
+            self._predictions.append(found)
+            self._ground_truth.append(torch.as_tensor(target["boxes"]).reshape(-1, 4).float().cpu().numpy())
+            if split == "test":
+                original = found.copy()
+                original[:, :4] /= float(target.get("scale", 1.0))
+                self.last_test_predictions.append(ImageDetections(original, target.get("annotation", {})))
+
+    def _reset(self) -> None:
+        self._predictions, self._ground_truth = [], []
+
+    def _split_images(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Every rank's images of this epoch (all-gathered as padded tensors under DDP)."""
+        if self.trainer.world_size == 1:
+            return self._predictions, self._ground_truth
+        rows = torch.from_numpy(pack_images(self._predictions, self._ground_truth)).to(self.device)
+        counts = self.all_gather(torch.tensor([rows.shape[0], len(self._predictions)], device=self.device))
+        padded = rows.new_zeros(int(counts[:, 0].max()), 7)
+        padded[:rows.shape[0]] = rows
+        gathered = self.all_gather(padded).cpu().numpy()
+        predictions, ground_truth = [], []
+        for rank_rows, (count, images) in zip(gathered, counts.cpu().tolist()):
+            found, faces = unpack_images(rank_rows[:count], images)
+            predictions += found
+            ground_truth += faces
+        return predictions, ground_truth
+
+    def _log_ap(self, split: str) -> None:
+        from stride.metrics.detection_ap import average_precision
+
+        predictions, ground_truth = self._split_images()
+        faces = sum(len(g) for g in ground_truth)
+        ap = average_precision(predictions, ground_truth, iou_threshold=AP_IOU) if faces else 0.0
+        self.log(f"{split}_ap", float(ap), prog_bar=split == "val")  # the same on every rank: no sync
+        if split == "test":
+            self.log("test_samples", float(len(predictions)))
+        self._reset()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset()
+        self.last_test_predictions = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_ap("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_ap("test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.parameters(), self.optim)
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(self.schedule, total_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

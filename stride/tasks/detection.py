@@ -1,0 +1,235 @@
+"""Dense face detection (docs/models.md, A3): the seed's FaceNet detectors as a stride task.
+
+Training sees letterboxed S x S images; the logged model takes them and returns its K best boxes
+(x1, y1, x2, y2, score in the letterboxed pixels, zero rows for none). Evaluation maps the boxes
+back to each image's own pixels and scores them with the WIDER FACE protocol: AP at IoU 0.5 over
+all faces, and Easy/Medium/Hard AP where the dataset recorded the official subsets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from stride.architectures import build
+from stride.architectures.face_detector import DetectionExport
+from stride.config.loading import config_to_dict
+from stride.config.schema import StrideConfig
+from stride.datamodules.detection import DetectionData, letterbox_scale
+from stride.datamodules.manifest import read_manifest
+from stride.detection_plots import plot_detections, plot_precision_recall
+from stride.errors import StrideError
+from stride.lightning_modules.detection import DetectionModule
+from stride.lightning_modules.normalize import Normalize
+from stride.metrics.detection_ap import wider_face_ap, write_prediction_files
+from stride.names import safe_filename
+from stride.plots import plot_learning_curves
+from stride.tasks.base import (DEFAULT_MAX_PIXELS, DataFacts, Evaluation, ExportedModel, Task, TensorSpec,
+                               datamodule_arguments, refuse_options_of_other_tasks, register_task)
+from stride.tasks.classification import read_image
+from stride.text_table import align_columns
+
+DEFAULT_IMAGE_SIZE = 512  # the seed trains at 512 x 512 (docs/models.md, A3)
+EVAL_BATCH_SIZE = 8
+SUBSETS = ("easy", "medium", "hard")
+FIGURE_IMAGES = 8
+OTHER_TASKS_OPTIONS = ("max_words", "augment.random_shift_px")
+
+
+@dataclass
+class FacesFound:
+    file: str
+    boxes: list[tuple[float, float, float, float, float]]  # x1, y1, x2, y2, score in the file's pixels
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "faces": [{"box": [round(v, 1) for v in b[:4]], "score": round(b[4], 4)}
+                                             for b in self.boxes]}
+
+
+def true_boxes(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(x1, y1, x2, y2 of every annotated face, which of them count): faces of zero width or height are
+    kept out of the count, as they are out of the training targets."""
+    boxes = np.asarray(annotation["boxes"], dtype=np.float64).reshape(-1, 4)
+    xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    return xyxy, np.asarray(annotation["trainable"], dtype=bool).reshape(-1)
+
+
+def found_boxes(rows: np.ndarray, scale: float) -> np.ndarray:
+    """The exported model's (K, 5) rows for one image -> the real detections in the original pixels."""
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+    rows = rows[rows[:, 4] > 0].copy()
+    rows[:, :4] /= scale
+    return rows
+
+
+class DetectionTask(Task):
+    name = "detection"
+    dataset_tasks = ("detection",)
+    quality = "ap"
+    quality_mode = "max"
+
+    # -- training ---------------------------------------------------------------------------
+    def datamodule(self, config: StrideConfig, **overrides: Any) -> DetectionData:
+        data = config.data
+        refuse_options_of_other_tasks(config, self.name, OTHER_TASKS_OPTIONS)
+        manifest_task = read_manifest(data.path).task
+        if manifest_task not in self.dataset_tasks:
+            raise StrideError(f"{data.path}: dataset task is {manifest_task!r}, but task {self.name!r} trains on "
+                              "detection datasets (stride data prepare wider-face or faces)")
+        kwargs = {**datamodule_arguments(config), **overrides}
+        return DetectionData(data.path, image_size=data.image_size or DEFAULT_IMAGE_SIZE,
+                             train_sizes=tuple(data.train_sizes), horizontal_flip=data.augment.horizontal_flip,
+                             random_crop=data.augment.random_crop, color_jitter=data.augment.color_jitter, **kwargs)
+
+    def network(self, config: StrideConfig, facts: DataFacts) -> nn.Module:
+        detector = build(config.model.architecture, input_shape=facts.input_shape, num_classes=facts.num_classes,
+                         **config.model.params)
+        if facts.normalization:  # folded in: the logged model takes [0, 1] pixels
+            detector.normalize = Normalize(list(facts.normalization[0]), list(facts.normalization[1]))
+        return detector
+
+    def module(self, config: StrideConfig, facts: DataFacts) -> DetectionModule:
+        description = {"config": config_to_dict(config), "data": facts.as_dict()}
+        return DetectionModule(self.network(config, facts), config.optim, config.schedule, description=description)
+
+    def figures(self, module: DetectionModule, facts: DataFacts, history: list[dict[str, float]],
+                folder: Path, title: str) -> list[Path]:
+        made = []
+        if history:
+            made.append(plot_learning_curves(history, folder / "learning_curves.png"))
+        tested = getattr(module, "last_test_predictions", None)
+        if tested:
+            predictions = [np.asarray(p, dtype=np.float64) for p, _ in tested]
+            truths = [true_boxes(a) for _, a in tested]
+            result = wider_face_ap(predictions, [t for t, _ in truths], [k for _, k in truths])
+            made.append(plot_precision_recall({"test (letterboxed)": (result.recall, result.precision, result.ap)},
+                                              folder / "precision_recall_test.png", title=f"{title} test"))
+        made.append(self._detections_figure(module, facts, folder, title))
+        return made
+
+    @torch.no_grad()
+    def _detections_figure(self, module: DetectionModule, facts: DataFacts, folder: Path, title: str) -> Path:
+        """The first test images with what the trained network finds on them."""
+        network = module.network
+        was_training = network.training
+        network.eval()
+        images, predicted, true, names = [], [], [], []
+        data = self.evaluation_data(facts_dataset(module), facts.input_shape)
+        device = next(network.parameters()).device
+        try:
+            for batch in data.loader("test"):
+                inputs, targets = data.on_after_batch_transfer(batch, 0)
+                found = network.detect(inputs.to(device))
+                for image, boxes, target in zip(inputs, found, targets):
+                    images.append((image.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8))
+                    predicted.append(boxes.cpu().numpy())
+                    true.append(target["boxes"].cpu().numpy())
+                    names.append(Path(target["annotation"]["file"]).stem[:24])
+                if len(images) >= FIGURE_IMAGES:
+                    break
+        finally:
+            network.train(was_training)
+        return plot_detections(images[:FIGURE_IMAGES], predicted[:FIGURE_IMAGES], true[:FIGURE_IMAGES],
+                               folder / "detections_test.png", names[:FIGURE_IMAGES], title=f"{title} test")
+
+    def export(self, module: DetectionModule, facts: DataFacts) -> ExportedModel:
+        exported = DetectionExport(module.network).cpu().eval()
+        return ExportedModel(exported, TensorSpec(tuple(facts.input_shape)),
+                             TensorSpec((exported.max_detections, 5)))
+
+    # -- the registry -----------------------------------------------------------------------
+    def evaluation_data(self, path: str | Path, input_shape: tuple[int, ...] | None = None) -> DetectionData:
+        size = int(input_shape[-1]) if input_shape else DEFAULT_IMAGE_SIZE
+        return DetectionData(path, image_size=size, batch_size=EVAL_BATCH_SIZE, num_workers=0, pin_memory=False)
+
+    @torch.no_grad()
+    def evaluate(self, network: nn.Module, data: DetectionData, split: str, model: str) -> Evaluation:
+        """Every image of `split` once; AP over all faces and, where recorded, the official subsets."""
+        predictions: list[np.ndarray] = []
+        annotations: list[dict[str, Any]] = []
+        for batch in data.loader(split):
+            inputs, targets = data.on_after_batch_transfer(batch, 0)
+            rows = network(inputs.float())
+            if rows.ndim != 3 or rows.shape[-1] != 5:
+                raise StrideError(f"model {model} returns shape {list(rows.shape)}, not N x K x 5 detections")
+            for found, target in zip(rows.cpu().numpy(), targets):
+                predictions.append(found_boxes(found, float(target["scale"])))
+                annotations.append(target["annotation"])
+        truths = [true_boxes(a) for a in annotations]
+        curves = {"all": wider_face_ap(predictions, [t for t, _ in truths], [k for _, k in truths])}
+        if annotations and all("subsets" in a for a in annotations):
+            for subset in SUBSETS:
+                curves[subset] = wider_face_ap(predictions, [t for t, _ in truths],
+                                               [np.asarray(a["subsets"][subset], dtype=bool) for a in annotations])
+        metrics = {f"{split}_ap": curves["all"].ap}
+        metrics.update({f"{split}_ap_{name}": c.ap for name, c in curves.items() if name != "all"})
+        metrics[f"{split}_samples"] = float(len(annotations))
+        return Evaluation(split, metrics, len(annotations), str(Path(data.root).absolute()), data.dataset_sha256,
+                          details={"curves": {n: (c.recall, c.precision, c.ap) for n, c in curves.items()},
+                                   "predictions": {a["file"]: p for a, p in zip(annotations, predictions)}})
+
+    def evaluation_figures(self, evaluation: Evaluation, folder: Path, title: str) -> list[Path]:
+        return [plot_precision_recall(evaluation.details["curves"],
+                                      folder / f"precision_recall_{safe_filename(evaluation.split)}.png",
+                                      title=f"{title} {evaluation.split}")]
+
+    def write_predictions(self, evaluation: Evaluation, folder: Path) -> list[Path]:
+        """The per-image files the official WIDER FACE tools read (`<event>/<name>.txt`)."""
+        return write_prediction_files(folder, evaluation.details["predictions"])
+
+    def read_input(self, path: Path, inputs: TensorSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """An image letterboxed into the model's square exactly as evaluation letterboxes it."""
+        if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            raise StrideError(f"{path}: unsupported file type {path.suffix or '(none)'} (use .png, .jpg or .jpeg)")
+        width, height = image_size_of(path, max_pixels)
+        side = inputs.shape[-1]
+        scale = letterbox_scale(height, width, side)
+        fitted = (max(1, round(height * scale)), max(1, round(width * scale)))
+        pixels = read_image(path, (3, *fitted), max_pixels)
+        canvas = np.zeros(inputs.shape, dtype=np.float32)
+        canvas[:, :fitted[0], :fitted[1]] = pixels
+        return canvas
+
+    def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int,
+                    inputs: TensorSpec | None = None) -> list[FacesFound]:
+        """Boxes in each file's own pixels (`top_k` is not a limit here: every face found is listed)."""
+        if inputs is None:
+            raise StrideError("detection predictions need the model's input shape to undo the letterbox")
+        rows = []
+        for file, found in zip(files, outputs):
+            width, height = image_size_of(Path(file), DEFAULT_MAX_PIXELS)
+            boxes = found_boxes(found, letterbox_scale(height, width, inputs.shape[-1]))
+            rows.append(FacesFound(file, [tuple(float(v) for v in b) for b in boxes]))
+        return rows
+
+    def prediction_table(self, rows: list[FacesFound]) -> str:
+        lines = [("file", "faces", "boxes (x1 y1 x2 y2 score)")]
+        for row in rows:
+            shown = "  ".join(f"[{b[0]:.0f} {b[1]:.0f} {b[2]:.0f} {b[3]:.0f} {b[4]:.2f}]" for b in row.boxes)
+            lines.append((row.file, str(len(row.boxes)), shown or "-"))
+        return align_columns(lines)
+
+
+def image_size_of(path: Path, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the header only."""
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                raise StrideError(f"{path}: {image.width} x {image.height} pixels, more than the limit of "
+                                  f"{max_pixels:,}; raise --max-pixels if it is real")
+            return image.width, image.height
+    except (UnidentifiedImageError, OSError) as err:
+        raise StrideError(f"{path}: not a readable PNG/JPEG image ({err})") from None
+
+
+def facts_dataset(module: DetectionModule) -> str:
+    return module.hparams["stride"]["config"]["data"]["path"]
+
+
+register_task(DetectionTask())

@@ -1,0 +1,51 @@
+"""Face detection end to end on the built-in composed faces: prepare, train (real Lightning, real MLflow
+server), evaluate the logged model the WIDER FACE way with the official per-image files, predict a real
+photograph. Tiny sizes: this checks the wiring, not the detector's quality (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import re
+
+import mlflow
+import pytest
+from PIL import Image
+
+from stride.datamodules.sources.faces import astronaut_face
+from stride.metrics.detection_ap import read_prediction_files
+from stride.pipelines.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_prepare_train_evaluate_predict(tmp_path, mlflow_server, capsys):
+    shards = tmp_path / "faces"
+    assert main(["data", "prepare", "faces", "--out", str(shards), "--val-size", "8"]) == 0
+    assert main(["train", "faces-facenet-v1-1", "--tracking-uri", mlflow_server, "--set", f"data.path={shards}",
+                 "data.image_size=64", "model.head_channels=16", "trainer.max_epochs=1",
+                 "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false",
+                 f"trainer.checkpoint_dir={tmp_path / 'ckpt'}", "tracking.experiment=faces-e2e"]) == 0
+    out = capsys.readouterr().out
+    model = re.search(r"model: (models:/\S+)", out).group(1)
+    run_id = re.search(r"run (\w{32}): test_ap=", out).group(1)
+    artifacts = {a.path for a in mlflow.MlflowClient(mlflow_server).list_artifacts(run_id, "plots")}
+    assert {"plots/detections_test.png", "plots/precision_recall_test.png", "plots/learning_curves.png"} <= artifacts
+
+    predictions = tmp_path / "predictions"
+    assert main(["evaluate", "--model", model, "--data", str(shards), "--tracking-uri", mlflow_server,
+                 "--predictions-dir", str(predictions)]) == 0
+    out = capsys.readouterr().out
+    for subset in ("test_ap", "test_ap_easy", "test_ap_medium", "test_ap_hard"):
+        value = float(re.search(rf"{subset}\s*: ([0-9.]+)", out).group(1))
+        assert 0.0 <= value <= 1.0
+    assert len(read_prediction_files(predictions)) == 60  # every WIDER_val image of the composed set
+
+    image, _ = astronaut_face()
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(image).save(photo)
+    assert main(["predict", "--model", model, str(photo), "--tracking-uri", mlflow_server]) == 0
+    assert "astronaut.jpg" in capsys.readouterr().out
+
+
+def test_detection_options_are_refused_where_they_do_nothing(tmp_path, capsys):
+    assert main(["train", "digits-cnn", "--set", "data.image_size=64"]) != 0
+    assert "data.image_size=64 has no effect on task 'classification'" in capsys.readouterr().err
