@@ -23,8 +23,7 @@ from torch import Tensor
 from stride.architectures.captioning import CaptionNetwork
 from stride.config.schema import OptimConfig, ScheduleConfig
 from stride.datamodules.vocabulary import Vocabulary
-from stride.lightning_modules.classification import build_optimizer
-from stride.lightning_modules.schedules import lr_multiplier
+from stride.lightning_modules.classification import scheduled_optimizer
 from stride.metrics.caption_scores import caption_scores
 
 PAD = -100  # the datamodule's padding: ignored by the loss
@@ -153,7 +152,4 @@ class CaptioningModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         trainable = [p for p in self.parameters() if p.requires_grad]  # a frozen encoder is left out
-        optimizer = build_optimizer(trainable, self.optim)
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(self.schedule, total_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+        return scheduled_optimizer(trainable, self.optim, self.schedule, self.trainer)

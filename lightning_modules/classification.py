@@ -31,6 +31,15 @@ def classification_loss(output: torch.Tensor | AuxiliaryLogits,
     return output, F.cross_entropy(output, labels)
 
 
+def scheduled_optimizer(parameters: Any, optim: OptimConfig, schedule: ScheduleConfig,
+                        trainer: pl.Trainer) -> dict[str, Any]:
+    """What every stride module's `configure_optimizers` returns: the optimiser and its per-step schedule."""
+    optimizer = build_optimizer(parameters, optim)
+    total_steps = max(1, int(trainer.estimated_stepping_batches))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(schedule, total_steps))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+
 class ClassificationModule(pl.LightningModule):
     """Cross-entropy on logits; accuracy and loss per split; confusion matrix on test.
 
@@ -89,7 +98,4 @@ class ClassificationModule(pl.LightningModule):
         self.log("test_samples", float(self.confusion_matrix.sum()))
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.parameters(), self.optim)
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(self.schedule, total_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+        return scheduled_optimizer(self.parameters(), self.optim, self.schedule, self.trainer)

@@ -19,8 +19,7 @@ from torch import Tensor
 
 from stride.architectures.face_detector import DetectorOutput, FaceDetector, LossSettings
 from stride.config.schema import OptimConfig, ScheduleConfig
-from stride.lightning_modules.classification import build_optimizer
-from stride.lightning_modules.schedules import lr_multiplier
+from stride.lightning_modules.classification import scheduled_optimizer
 
 NEGATIVE, IGNORED = -1, -2  # match_anchors' codes for anchors without a face
 MATCH_CHUNK = 128  # faces per IoU matrix: a crowd of 1,000+ faces x 10^5 anchors would need gigabytes at once
@@ -256,7 +255,4 @@ class DetectionModule(pl.LightningModule):
         self._log_ap("test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.parameters(), self.optim)
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(self.schedule, total_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+        return scheduled_optimizer(self.parameters(), self.optim, self.schedule, self.trainer)

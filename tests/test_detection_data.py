@@ -221,7 +221,7 @@ def test_training_batches_are_deterministic_for_a_seed(faces):
 def test_batches_travel_to_workers_and_devices(faces):
     root, _ = faces
     datamodule = data(root, num_workers=2)
-    stream = pickle.loads(pickle.dumps(datamodule.stream("train")))  # spawned workers receive it pickled
+    stream = pickle.loads(pickle.dumps(datamodule.stream("train")))  # spawned workers receive it pickled; our own object, pickled and loaded in this process
     assert isinstance(stream.to_batch, DetectionBatcher) and stream.to_batch.training
     images, targets = next(iter(datamodule.loader("val")))
     assert images.dtype == torch.uint8  # uint8 through the loader, floats after the transfer
