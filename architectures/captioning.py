@@ -11,11 +11,14 @@ the image at every step, not only inside its receptive field of step 0.
 Decoding is batched on the device: greedy (the study's rule: when <UKN> is the most likely
 word, the second is taken, i.e. <UKN> is never emitted) or beam search ranking hypotheses
 by their plain sum of log-probabilities (no length normalisation), <UKN> suppressed alike.
-Both return (N, max_words + 1) ids padded with EOS.
+Both return (N, max_words + 1) ids padded with EOS. Eager decoding stops once every caption
+has ended (one device sync per word); the exported model always runs all `max_words` steps,
+since torch.export cannot stop on a value it computes, and gives the same ids.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -153,14 +156,16 @@ class CaptionNetwork(nn.Module):
 
     @torch.no_grad()
     def generate(self, images: Tensor, *, max_words: int = 50, beam_size: int = 1, eos_id: int = EOS_ID,
-                 unknown_id: int | None = 1) -> Tensor:
-        """int64 (N, max_words + 1) word ids, EOS after the caption; greedy for beam_size 1."""
+                 unknown_id: int | None = 1, early_stop: bool = True) -> Tensor:
+        """int64 (N, max_words + 1) word ids, EOS after the caption; greedy for beam_size 1.
+
+        `early_stop=False` runs every step (what torch.export traces); the ids are the same."""
         if max_words < 1 or beam_size < 1:
             raise StrideError(f"captioning: max_words and beam_size must be >= 1, got {max_words}, {beam_size}")
         features = self.image_vectors(images)
         if beam_size == 1:
-            return greedy_decode(self, features, max_words, eos_id, unknown_id)
-        return beam_search(self, features, max_words, beam_size, eos_id, unknown_id)
+            return greedy_decode(self, features, max_words, eos_id, unknown_id, early_stop)
+        return beam_search(self, features, max_words, beam_size, eos_id, unknown_id, early_stop)
 
 
 class TCNCaptioner(CaptionNetwork):
@@ -241,7 +246,7 @@ def _log_probs(logits: Tensor, unknown_id: int | None) -> Tensor:
 
 
 def greedy_decode(network: CaptionNetwork, features: Tensor, max_words: int, eos_id: int = EOS_ID,
-                  unknown_id: int | None = 1) -> Tensor:
+                  unknown_id: int | None = 1, early_stop: bool = True) -> Tensor:
     """The most likely word at each step (never <UKN>) until every caption has ended: (N, max_words + 1)."""
     ids = torch.full((features.shape[0], max_words + 1), eos_id, dtype=torch.int64, device=features.device)
     finished = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
@@ -250,14 +255,14 @@ def greedy_decode(network: CaptionNetwork, features: Tensor, max_words: int, eos
         words = torch.where(finished, eos_id, _log_probs(logits, unknown_id).argmax(dim=-1))
         ids[:, step] = words
         finished |= words == eos_id
-        if step == max_words - 1 or bool(finished.all()):  # one sync per word: stops at the longest caption
+        if step == max_words - 1 or (early_stop and bool(finished.all())):  # one sync per word
             break
         logits, state = network.advance(state, words)
     return ids
 
 
 def beam_search(network: CaptionNetwork, features: Tensor, max_words: int, beam_size: int,
-                eos_id: int = EOS_ID, unknown_id: int | None = 1) -> Tensor:
+                eos_id: int = EOS_ID, unknown_id: int | None = 1, early_stop: bool = True) -> Tensor:
     """The highest sum of log-probabilities among `beam_size` hypotheses per image: (N, max_words + 1).
 
     An ended hypothesis stays in the beam, extended by EOS at no cost, so finished and open
@@ -275,7 +280,7 @@ def beam_search(network: CaptionNetwork, features: Tensor, max_words: int, beam_
     ended[eos_id] = 0.0
     first_row = torch.arange(n, device=device)[:, None] * beams
     for _ in range(1, max_words):
-        if bool(finished.all()):
+        if early_stop and bool(finished.all()):
             break
         logits, state = network.advance(state, sequences[:, -1])
         log_p = torch.where(finished[:, None], ended, _log_probs(logits, unknown_id))
@@ -291,15 +296,41 @@ def beam_search(network: CaptionNetwork, features: Tensor, max_words: int, beam_
     return ids
 
 
-class CaptionExport(nn.Module):
-    """What gets exported: images in [0, 1] -> int64 (N, max_words + 1) word ids (EOS-padded)."""
+def folded_weight_norms(network: nn.Module) -> nn.Module:
+    """A copy with every parametrised weight (weight norm) folded into a plain parameter: the same outputs, and
+    the unrolled decoding loop no longer recomputes each weight at every step (a third of the traced graph).
 
-    def __init__(self, network: CaptionNetwork, max_words: int = 50, beam_size: int = 1):
+    Not `parametrize.remove_parametrizations` on a deepcopy: the copy shares its generated class with the
+    original, and removing the class's property would break the network being trained.
+    """
+    from torch.nn.utils import parametrize
+
+    folded = copy.deepcopy(network)
+    for module in folded.modules():
+        if parametrize.is_parametrized(module):
+            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            del module._modules["parametrizations"]
+            module.__class__ = module.__class__.__bases__[0]  # parametrize's generated subclass -> the original
+            for name, value in values.items():
+                module.register_parameter(name, nn.Parameter(value, requires_grad=False))
+    return folded
+
+
+class CaptionExport(nn.Module):
+    """What gets exported: images in [0, 1] -> int64 (N, max_words + 1) word ids (EOS-padded).
+
+    Every step runs (no early stop), so torch.export can trace it; eager callers (`stride
+    predict --beam-size`) may pass `early_stop=True` for speed: the ids are the same.
+    """
+
+    def __init__(self, network: CaptionNetwork, max_words: int = 50, beam_size: int = 1, early_stop: bool = False):
         super().__init__()
-        self.network, self.max_words, self.beam_size = network, max_words, beam_size
+        self.network = folded_weight_norms(network)
+        self.max_words, self.beam_size, self.early_stop = max_words, beam_size, early_stop
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.network.generate(images, max_words=self.max_words, beam_size=self.beam_size)
+        return self.network.generate(images, max_words=self.max_words, beam_size=self.beam_size,
+                                     early_stop=self.early_stop)
 
 
 def _check_input(name: str, input_shape: tuple[int, ...], num_classes: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
+from pytorch_lightning.utilities import move_data_to_device
 
 from stride.benchmarking.timing import Throughput, now_s
 from stride.config.schema import StrideConfig
@@ -32,11 +33,10 @@ def loader_throughput(config: StrideConfig, num_workers: int, *, batches: int, w
     for index in range(warmup_batches + batches):
         if index == warmup_batches:
             started = now_s(device)
-        inputs, labels = next(batches_iter)
-        inputs = datamodule.on_after_batch_transfer((inputs.to(device, non_blocking=True),
-                                                     labels.to(device, non_blocking=True)), 0)[0]
+        batch = next(batches_iter)  # (inputs, labels), (images, targets) or a caption batch: inputs first
+        inputs = datamodule.on_after_batch_transfer(move_data_to_device(batch, device), 0)[0]
         if index >= warmup_batches:
-            samples += len(labels)
+            samples += len(inputs)
     seconds = now_s(device) - started
     del batches_iter  # shuts the workers down
     return Throughput(samples, seconds)

@@ -8,10 +8,11 @@ from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import move_data_to_device
 
 from stride.benchmarking.timing import Throughput, cpu_s, now_s
 from stride.config.schema import StrideConfig
-from stride.lightning_modules.classification import build_optimizer, classification_loss
+from stride.lightning_modules.classification import build_optimizer
 from stride.tasks import DataFacts, get_task
 from stride.tracking.run import MlflowRun
 from stride.training import Launch, open_datamodule, train
@@ -60,13 +61,13 @@ def build_network(config: StrideConfig) -> torch.nn.Module:
     return get_task(config.task).module(config, facts).network
 
 
-def preloaded_batches(config: StrideConfig, device: torch.device, count: int) -> list[tuple[torch.Tensor, ...]]:
+def preloaded_batches(config: StrideConfig, device: torch.device, count: int) -> list[Any]:
     """`count` training batches on the device, as the model consumes them (no augmentation)."""
     datamodule = open_datamodule(config, num_workers=0)
     batches = []
     while len(batches) < count:
-        for inputs, labels in datamodule.train_dataloader():
-            batches.append(datamodule.on_after_batch_transfer((inputs.to(device), labels.to(device)), 0))
+        for batch in datamodule.train_dataloader():
+            batches.append(datamodule.on_after_batch_transfer(move_data_to_device(batch, device), 0))
             if len(batches) == count:
                 break
     return batches
@@ -82,7 +83,7 @@ def precision_context(precision: str, device: torch.device) -> Callable[[], cont
 
 def bare_throughput(config: StrideConfig, *, steps: int, warmup_steps: int, device: torch.device,
                     distinct_batches: int = 16) -> Throughput:
-    """The loop everyone writes by hand: forward, cross-entropy, backward, step, zero_grad.
+    """The loop everyone writes by hand: forward, the task's loss, backward, step, zero_grad.
 
     Same network (from the registry, normalisation folded in), optimiser, batch size,
     precision, channels_last and compilation as the stride path; no scheduler, metrics,
@@ -100,15 +101,15 @@ def bare_throughput(config: StrideConfig, *, steps: int, warmup_steps: int, devi
     clip = config.trainer.gradient_clip_val
     batches = preloaded_batches(config, device, min(distinct_batches, steps))
     if precision == "64-true":
-        batches = [(inputs.double(), labels) for inputs, labels in batches]
+        batches = [(batch[0].double(), *batch[1:]) for batch in batches]
+    task = get_task(config.task)
 
     started = cpu_started = 0.0
     for index in range(warmup_steps + steps):
         if index == warmup_steps:
             started, cpu_started = now_s(device), cpu_s()
-        inputs, labels = batches[index % len(batches)]
         with autocast():
-            loss = classification_loss(forward(inputs), labels)[1]  # GoogLeNet adds its auxiliary heads
+            loss = task.batch_loss(network, batches[index % len(batches)], forward)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

@@ -118,6 +118,16 @@ class CaptioningData(ShardedDataModule):
         return len(self._vocabulary)
 
     @property
+    def class_names(self) -> list[str]:
+        return list(self._vocabulary.words)
+
+    @property
+    def constant_caption(self) -> str | None:
+        """The dataset's constant-caption baseline (the most frequent training caption), if recorded."""
+        caption = self.manifest.parameters.get("constant_caption")
+        return caption if isinstance(caption, str) and caption else None
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return (3, self.image_size, self.image_size)
 

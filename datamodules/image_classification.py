@@ -99,6 +99,11 @@ class ShardedDataModule(pl.LightningDataModule):
         return len(self.manifest.class_names)
 
     @property
+    def class_names(self) -> list[str]:
+        """What the network's outputs mean: the manifest's classes (a captioner's are its vocabulary's words)."""
+        return list(self.manifest.class_names)
+
+    @property
     def normalization(self) -> tuple[list[float], list[float]] | None:
         """Per-channel (mean, std) of the training split to fold into the model, or None."""
         if self.normalize == "none":

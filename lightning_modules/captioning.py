@@ -74,6 +74,7 @@ class CaptioningModule(pl.LightningModule):
         self.last_samples: list[CaptionPair] = []  # the first few of the latest val/test epoch, for figures
         self.last_sample_images: list[np.ndarray] = []  # their images, uint8 H x W x 3
         self.last_test_captions: list[CaptionPair] = []  # every test image of every rank, after testing
+        self.val_samples: tuple[list[CaptionPair], list[np.ndarray]] = ([], [])  # the latest validation's few
 
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
         return (self.compiled_forward or self.network)(images, tokens)
@@ -113,6 +114,8 @@ class CaptioningModule(pl.LightningModule):
     def _log_scores(self, split: str) -> None:
         pairs = self._split_pairs()
         self.last_samples = pairs[:self.kept_samples]
+        if split == "val":
+            self.val_samples = (self.last_samples, list(self.last_sample_images))
         if split == "test":
             self.last_test_captions = pairs
             self.log("test_samples", float(len(pairs)))

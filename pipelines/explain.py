@@ -84,26 +84,12 @@ def run(args: argparse.Namespace) -> int:
 def logged_module(model_uri: str, tracking_uri: str | None,
                   folder: Path) -> tuple[Path, Callable[["torch.Tensor"], "torch.Tensor"]]:
     """The weights-only checkpoint logged with `model_uri`'s run, and the logged model (to check it against)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     from stride.registry.client import connect
-    from stride.registry.references import describe_model, load_network
-    from stride.tracking.run import MODULE_ARTIFACT
+    from stride.registry.references import describe_model, download_module, load_network
 
     client = connect(tracking_uri)
     ref = describe_model(client, model_uri)
-    if ref.run_id is None:
-        raise StrideError(f"model {model_uri}: no training run is recorded for it, so no weights to rebuild it "
-                          "from; pass its checkpoint with --checkpoint PATH")
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=MODULE_ARTIFACT,
-                                                   dst_path=str(folder), tracking_uri=client.tracking_uri)
-    except (MlflowException, OSError) as err:
-        raise StrideError(f"model {model_uri}: its run {ref.run_id} has no {MODULE_ARTIFACT} artifact ({err}); "
-                          "runs logged before `stride explain` existed lack it: retrain, or pass the run's checkpoint "
-                          "(its tag best_checkpoint) with --checkpoint PATH") from None
-    return Path(path), load_network(ref)
+    return download_module(client, ref, folder), load_network(ref)
 
 
 def explain_files(checkpoint: Path, files: list[str], out: Path, *, top_k: int, threshold: float,

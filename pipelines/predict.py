@@ -1,4 +1,4 @@
-"""`stride predict`: class probabilities for image or .npy files from any logged or registered model."""
+"""`stride predict`: what any logged or registered model says of image or .npy files (its task shows it)."""
 
 from __future__ import annotations
 
@@ -9,23 +9,31 @@ from stride.pipelines.arguments import add_image_output_arguments
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("predict", help="predict the classes of image (PNG/JPEG) or .npy files",
+    parser = commands.add_parser("predict", help="classes, faces or a caption for image (PNG/JPEG) or .npy files",
                                  description="Images of any size are converted as the training data were "
-                                             "(grayscale or RGB per the model's channels, resized to its H x W, "
-                                             "scaled to [0, 1]); .npy arrays must have the model's input shape.")
+                                             "(grayscale or RGB per the model's channels, resized (letterboxed "
+                                             "for detectors) to its H x W, scaled to [0, 1]); .npy arrays must "
+                                             "have the model's input shape.")
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, "
                                                         "models:/m-<id> or runs:/RUN_ID/model")
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per file (default 3)")
+    parser.add_argument("--beam-size", type=int, help="captioning: decode with a beam search of this width "
+                        "(rebuilds the network from the weights its run logged; default: the logged greedy model)")
+    parser.add_argument("--out", help="detection: write each image with its boxes drawn into this folder")
     add_image_output_arguments(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from stride.errors import StrideError
     from stride.registry import predict_files
 
+    if args.beam_size is not None and args.beam_size < 1:
+        raise StrideError(f"--beam-size must be at least 1, got {args.beam_size}")
     rows, table = predict_files(args.model, args.files, top_k=args.top_k, tracking_uri=args.tracking_uri,
-                                max_pixels=args.max_pixels)
+                                max_pixels=args.max_pixels, pictures=args.out,
+                                decoding=None if args.beam_size is None else {"beam_size": args.beam_size})
     if args.json:
         print(json.dumps({"model": args.model, "predictions": [r.as_dict() for r in rows]}, indent=2))
     else:

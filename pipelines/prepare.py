@@ -9,9 +9,9 @@ from stride.datamodules.sources.cifar import DATASETS as CIFAR
 from stride.datamodules.sources.mnist_idx import DATASETS as MNIST_LIKE
 from stride.errors import StrideError
 
-BUILTIN = ("digits", "patches", "faces")
+BUILTIN = ("digits", "patches", "faces", "shapes-captions")
 USER_FILES = ("sequences",)
-OFFICIAL_FILES = (*MNIST_LIKE, *CIFAR, "svhn", "wider-face")  # need --source
+OFFICIAL_FILES = (*MNIST_LIKE, *CIFAR, "svhn", "wider-face", "coco-captions")  # need --source
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "official CIFAR .tar.gz, or the .npz file of labelled sequences (sequences)")
     parser.add_argument("--out", required=True, help="output dataset folder (shards + manifest.json)")
     parser.add_argument("--val-size", type=int, help="validation images split off the training set "
-                        "(default: 5000 for MNIST-format and CIFAR, 6000 for SVHN, 180 for digits, 1000 for patches)")
+                        "(default: 5000 for MNIST-format, CIFAR and coco-captions, 6000 for SVHN, 180 for digits, 1000 for "
+                        "patches and wider-face, 40 for faces, 250 for shapes-captions)")
     parser.add_argument("--test-size", type=int, help="test images (digits: default 360; patches: 1000)")
     parser.add_argument("--train-size", type=int, default=5000, help="training images (patches only; default 5000)")
     parser.add_argument("--label-set", choices=("fine", "coarse"), help="cifar100: the 100 fine classes (default) "
@@ -45,8 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     parser.add_argument("--labels", help="wider-face: RetinaFace-style label.txt (or a folder of them) adding "
                         "five landmarks per face")
-    parser.add_argument("--raw-out", help="faces: also keep the composed images in the WIDER FACE layout there "
-                        "(images, _bbx_gt.txt, evaluation .mat files)")
+    parser.add_argument("--raw-out", help="faces, shapes-captions: also keep the generated raw files there (WIDER "
+                        "FACE layout with _bbx_gt.txt and evaluation .mat files; COCO captions layout)")
+    parser.add_argument("--karpathy-split", help="coco-captions: Karpathy's dataset_coco.json decides the splits "
+                        "(train + restval, val, test) instead of the official train/val files")
+    parser.add_argument("--min-count", type=int, default=5, help="coco-captions, shapes-captions: keep words seen "
+                        "more than this many times in the training captions (default 5, as in the study)")
     parser.add_argument("--download", action="store_true",
                         help="fetch the official files into --source first (needs network)")
 
@@ -107,7 +112,24 @@ def _wider_face(args: argparse.Namespace, common: dict):
                               samples_per_shard=args.shard_size, overwrite=args.overwrite, labels=args.labels)
 
 
-PREPARERS = {"faces": _faces, "wider-face": _wider_face,"sequences": _sequences, "digits": _digits, "patches": _patches, "svhn": _svhn,
+def _shapes_captions(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.shapes_captions import prepare_shapes_captions
+
+    return prepare_shapes_captions(args.out, seed=args.seed, val_size=args.val_size or 250,
+                                   samples_per_shard=args.shard_size, overwrite=args.overwrite, raw_dir=args.raw_out,
+                                   min_count=args.min_count)
+
+
+def _coco_captions(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.coco_captions import prepare_coco_captions
+
+    return prepare_coco_captions(args.source, args.out, karpathy_split=args.karpathy_split,
+                                 val_size=args.val_size or 5000, seed=args.seed, min_count=args.min_count,
+                                 samples_per_shard=args.shard_size, overwrite=args.overwrite)
+
+
+PREPARERS = {"faces": _faces, "wider-face": _wider_face, "shapes-captions": _shapes_captions,
+             "coco-captions": _coco_captions, "sequences": _sequences, "digits": _digits, "patches": _patches, "svhn": _svhn,
              **dict.fromkeys(MNIST_LIKE, _mnist_like), **dict.fromkeys(CIFAR, _cifar)}
 
 
@@ -122,8 +144,12 @@ def run(args: argparse.Namespace) -> int:
         raise StrideError(f"--label-set is for cifar100; {args.dataset} has one set of labels")
     if args.labels and args.dataset != "wider-face":
         raise StrideError(f"--labels is for wider-face, not {args.dataset}")
-    if args.raw_out and args.dataset != "faces":
-        raise StrideError(f"--raw-out is for faces, not {args.dataset}")
+    if args.raw_out and args.dataset not in ("faces", "shapes-captions"):
+        raise StrideError(f"--raw-out is for faces and shapes-captions, not {args.dataset}")
+    if args.karpathy_split and args.dataset != "coco-captions":
+        raise StrideError(f"--karpathy-split is for coco-captions, not {args.dataset}")
+    if args.min_count < 0:
+        raise StrideError(f"--min-count must be >= 0, got {args.min_count}")
     manifest = PREPARERS[args.dataset](args, common)
     sizes = ", ".join(f"{name} {split.num_samples}" for name, split in manifest.splits.items())
     print(f"wrote {args.out}: {manifest.dataset} ({sizes}; {sum(len(s.shards) for s in manifest.splits.values())} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 
 from stride.errors import StrideError
 from stride.registry.client import connect
-from stride.registry.references import ModelReference, class_names, describe_model, load_network
+from stride.registry.references import ModelReference, class_names, describe_model, download_module, load_network
 from stride.tasks import TensorSpec, get_task
 from stride.tasks.base import DEFAULT_MAX_PIXELS
 
@@ -26,8 +27,13 @@ def check_file(path: str | Path) -> Path:
 
 @torch.no_grad()
 def predict_files(model_uri: str, files: list[str | Path], top_k: int = 3, tracking_uri: str | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[Any], str]:
-    """Load `model_uri` once, read every file (all checked before predicting); return the rows and their table."""
+                  max_pixels: int = DEFAULT_MAX_PIXELS, decoding: dict[str, Any] | None = None,
+                  pictures: str | Path | None = None) -> tuple[list[Any], str]:
+    """Load `model_uri` once, read every file (all checked before predicting); return the rows and their table.
+
+    `decoding` (e.g. {"beam_size": 3}): options the logged model fixes, so the network is rebuilt from
+    the weights-only checkpoint its run logged beside it; `pictures`: a folder for the task's drawings.
+    """
     if not files:
         raise StrideError("give at least one file to predict on")
     client = connect(tracking_uri)
@@ -35,7 +41,23 @@ def predict_files(model_uri: str, files: list[str | Path], top_k: int = 3, track
     task = get_task(ref.task)
     inputs = np.stack([task.read_input(check_file(f), TensorSpec(ref.input_shape), max_pixels=max_pixels)
                        for f in files])
-    outputs = load_network(ref)(torch.from_numpy(inputs)).numpy()
-    rows = task.predictions(outputs, [str(f) for f in files], class_names(client, ref), top_k,
-                            inputs=TensorSpec(ref.input_shape))
+    labels = class_names(client, ref)
+    if decoding:
+        network = rebuilt_decoder(client, ref, decoding)
+    else:
+        network = load_network(ref)
+    outputs = network(torch.from_numpy(inputs)).numpy()
+    rows = task.predictions(outputs, [str(f) for f in files], labels, top_k, inputs=TensorSpec(ref.input_shape))
+    if pictures is not None:
+        task.draw_predictions(rows, Path(pictures))
     return rows, task.prediction_table(rows)
+
+
+def rebuilt_decoder(client, ref: ModelReference, decoding: dict[str, Any]) -> torch.nn.Module:
+    """The task's eager decoder over the weights logged with `ref`'s run (read with weights_only=True)."""
+    from stride.training.checkpoints import load_module
+
+    task = get_task(ref.task)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, module = load_module(download_module(client, ref, Path(tmp)))
+    return task.decoder(module, **decoding)

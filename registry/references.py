@@ -2,8 +2,9 @@
 
 Accepted URIs: `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-<id>` (a logged
 model) and `runs:/RUN_ID/PATH`. Class names come from the registered version's
-`stride.class_names` tag (written at promotion), else from the manifest of the dataset the
-run was trained on, else they are the class indices.
+`stride.class_names` tag (written at promotion), else from the labels file a task logs beside
+its model (a captioner's vocabulary), else from the manifest of the dataset the run was trained
+on, else they are the class indices.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlflow
 import torch
@@ -115,6 +118,10 @@ def load_network(ref: ModelReference) -> torch.nn.Module:
 def class_names(client: MlflowClient, ref: ModelReference) -> list[str]:
     if CLASS_NAMES_TAG in ref.version_tags:
         return json.loads(ref.version_tags[CLASS_NAMES_TAG])
+    from stride.tasks import get_task
+
+    if labels := get_task(ref.task).labels_artifact:
+        return logged_labels(client, ref, labels)
     names: list[str] = []
     if ref.run_id:
         try:
@@ -125,3 +132,39 @@ def class_names(client: MlflowClient, ref: ModelReference) -> list[str]:
     if ref.num_classes and len(names) != ref.num_classes:
         names = [str(i) for i in range(ref.num_classes)]
     return names
+
+
+def logged_labels(client: MlflowClient, ref: ModelReference, artifact: str) -> list[str]:
+    """The words of the JSON labels file (`{"words": [...]}`) logged in the model's run."""
+    if not ref.run_id:
+        raise StrideError(f"model {ref.uri}: no training run is recorded for it, so no {artifact} to read its "
+                          "outputs with")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=artifact, dst_path=tmp,
+                                                       tracking_uri=client.tracking_uri)
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (MlflowException, OSError) as err:
+            raise StrideError(f"model {ref.uri}: its run {ref.run_id} has no readable {artifact} ({err})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise StrideError(f"model {ref.uri}: {artifact} of run {ref.run_id} is not JSON ({err})") from None
+    words = data.get("words") if isinstance(data, dict) else None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise StrideError(f"model {ref.uri}: {artifact} of run {ref.run_id} holds no 'words' list of strings")
+    return words
+
+
+def download_module(client: MlflowClient, ref: ModelReference, folder: Path) -> Path:
+    """The weights-only checkpoint (`weights/module.pt`) logged beside the model, downloaded into `folder`."""
+    from stride.tracking.run import MODULE_ARTIFACT
+
+    if ref.run_id is None:
+        raise StrideError(f"model {ref.uri}: no training run is recorded for it, so no weights to rebuild it "
+                          "from; pass its checkpoint with --checkpoint PATH")
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=MODULE_ARTIFACT,
+                                                        dst_path=str(folder), tracking_uri=client.tracking_uri))
+    except (MlflowException, OSError) as err:
+        raise StrideError(f"model {ref.uri}: its run {ref.run_id} has no {MODULE_ARTIFACT} artifact ({err}); "
+                          "runs logged before stride logged it lack it: retrain, or pass the run's checkpoint "
+                          "(its tag best_checkpoint) with --checkpoint PATH") from None

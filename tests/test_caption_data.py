@@ -18,7 +18,7 @@ from PIL import Image
 
 from stride.datamodules.captioning import CaptioningData, caption_choice
 from stride.datamodules.manifest import read_manifest, verify_shards
-from stride.datamodules.sources.coco_captions import prepare_coco_captions
+from stride.datamodules.sources.coco_captions import constant_caption, prepare_coco_captions
 from stride.datamodules.sources.shapes_captions import COLOURS, KINDS, prepare_shapes_captions, write_shapes_coco
 from stride.datamodules.streaming import decode_member, iter_shard
 from stride.datamodules.vocabulary import Vocabulary, tokenize
@@ -208,6 +208,19 @@ def test_malformed_karpathy_file_names_the_key_path(tmp_path, edit, message):
     (tmp_path / "split.json").write_text(json.dumps({"images": [image]}))
     with pytest.raises(StrideError, match=r"split\.json: " + message):
         prepare_coco_captions(tmp_path / "coco", tmp_path / "out", karpathy_split=tmp_path / "split.json")
+
+
+def test_a_threshold_leaving_no_word_is_refused_before_anything_is_written(tmp_path):
+    write_coco(tmp_path / "coco")
+    with pytest.raises(StrideError, match=r"no training word occurs more than min_count=1000 times"):
+        prepare_coco_captions(tmp_path / "coco", tmp_path / "out", val_size=2, min_count=1000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_constant_caption_baseline_is_the_most_frequent_training_caption():
+    assert constant_caption(["A red square.", "a red square", "A blue circle!", "a blue circle", "a cat"]) == \
+        "a blue circle"  # tied counts: the alphabetically first
+    assert constant_caption([]) == ""
 
 
 def test_layout_errors_say_what_is_expected(tmp_path):

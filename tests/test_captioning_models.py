@@ -58,6 +58,21 @@ def test_shapes_padding_and_eos_padded_decoding(name: str, conditioning: str) ->
 
 
 @pytest.mark.parametrize("name", DECODERS)
+def test_the_exported_decoder_traces_with_a_dynamic_batch_and_keeps_the_trained_network(name: str) -> None:
+    network = tiny(name)
+    export = CaptionExport(network, max_words=5)
+    with torch.no_grad():
+        program = torch.export.export(export, (images(),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        for n in (1, 3):
+            assert torch.equal(program.module()(images(n)), network.generate(images(n), max_words=5))
+    # folding the weight norms into the exported copy leaves the network itself parametrised and trainable
+    parametrised = [m for m in network.modules() if torch.nn.utils.parametrize.is_parametrized(m)]
+    assert bool(parametrised) == (name == "caption_tcn")
+    network.train()
+    network(images(), torch.tensor([[2, 3, 0], [4, 0, -100]])).sum().backward()
+
+
+@pytest.mark.parametrize("name", DECODERS)
 def test_decoders_are_causal(name: str) -> None:
     """Step s reads the image and tokens < s: changing token t moves logits from step t + 1 on only."""
     network = tiny(name, "every_step")

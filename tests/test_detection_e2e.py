@@ -4,6 +4,7 @@ photograph. Tiny sizes: this checks the wiring, not the detector's quality (docs
 
 from __future__ import annotations
 
+import json
 import re
 
 import mlflow
@@ -28,7 +29,8 @@ def test_prepare_train_evaluate_predict(tmp_path, mlflow_server, capsys):
     model = re.search(r"model: (models:/\S+)", out).group(1)
     run_id = re.search(r"run (\w{32}): test_ap=", out).group(1)
     artifacts = {a.path for a in mlflow.MlflowClient(mlflow_server).list_artifacts(run_id, "plots")}
-    assert {"plots/detections_test.png", "plots/precision_recall_test.png", "plots/learning_curves.png"} <= artifacts
+    assert {"plots/detections_test.png", "plots/precision_recall_test.png", "plots/learning_curves.png",
+            "plots/detections_astronaut.png"} <= artifacts
 
     predictions = tmp_path / "predictions"
     assert main(["evaluate", "--model", model, "--data", str(shards), "--tracking-uri", mlflow_server,
@@ -42,8 +44,13 @@ def test_prepare_train_evaluate_predict(tmp_path, mlflow_server, capsys):
     image, _ = astronaut_face()
     photo = tmp_path / "astronaut.jpg"
     Image.fromarray(image).save(photo)
-    assert main(["predict", "--model", model, str(photo), "--tracking-uri", mlflow_server]) == 0
-    assert "astronaut.jpg" in capsys.readouterr().out
+    drawn = tmp_path / "drawn"
+    assert main(["predict", "--model", model, str(photo), "--tracking-uri", mlflow_server, "--json",
+                 "--out", str(drawn)]) == 0
+    found = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert found["file"] == str(photo) and found["picture"] == str(drawn / "astronaut_faces.png")
+    with Image.open(found["picture"]) as picture:  # the photograph's own size, boxes drawn on it
+        assert picture.size == (image.shape[1], image.shape[0])
 
 
 def test_detection_options_are_refused_where_they_do_nothing(tmp_path, capsys):

@@ -51,9 +51,17 @@ def test_bad_ranges_fail_naming_the_key(tmp_path, dimension, message):
 
 
 def test_every_corner_is_validated_against_the_registry(tmp_path):
-    space = {"model.architecture": {"choice": ["digits_cnn", "digits_ffn"]}, "model.channels": {"choice": [8, 16]}}
-    with pytest.raises(StrideError, match="model.channels: not a hyper-parameter of 'digits_ffn'"):
+    space = {"model.architecture": {"choice": ["digits_cnn", "digits_ffn"]}, "model.channels": {"choice": [0, 16]}}
+    with pytest.raises(StrideError, match=r"reaches an invalid config at \{'model.architecture': 'digits_cnn', "
+                                          r"'model.channels': 0\}"):
         load_search(write_spec(tmp_path, space=space))
+    # a searched architecture is a condition: channels applies to the CNN trials only
+    space["model.channels"] = {"choice": [8, 16]}
+    search = load_search(write_spec(tmp_path, space=space))
+    assert search.config_for({"model.architecture": "digits_ffn", "model.channels": 8}).model.params == {}
+    assert search.config_for({"model.architecture": "digits_cnn", "model.channels": 8}).model.params["channels"] == 8
+    with pytest.raises(StrideError, match="space key.* model.kernel_size are not config keys"):
+        load_search(write_spec(tmp_path, space={**space, "model.kernel_size": {"choice": [3]}}))
     space = {"model.architecture": {"choice": ["digits_cnn", "digits_ffn"]}}
     search = load_search(write_spec(tmp_path, space=space))  # the base's channels is dropped for the ffn
     assert search.config_for({"model.architecture": "digits_ffn"}).model.params == {}

@@ -218,6 +218,8 @@ class MlflowRun(EpochHistory):
                 self.client.log_artifact(self.run_id, str(png), "plots")
         if self.config.tracking.log_model:
             self.model_uri = self._log_model(task.export(pl_module, facts))
+            if task.labels_artifact:  # what the outputs mean, beside the model (a captioner's vocabulary)
+                self.client.log_dict(self.run_id, {"words": list(facts.class_names)}, task.labels_artifact)
             self.client.set_tag(self.run_id, MODEL_URI_TAG, self.model_uri)
             self._log_module(pl_module)
 

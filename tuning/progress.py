@@ -8,6 +8,7 @@ from typing import Any
 from ray import tune
 
 from stride.tuning.space import TIME_ATTR
+from stride.tuning.spec import applicable_params
 
 
 class TrialProgress(tune.Callback):
@@ -23,7 +24,8 @@ class TrialProgress(tune.Callback):
         epochs = int(result.get(TIME_ATTR, 0))
         value = result.get(self.metric)
         shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else f"no {self.metric}"
-        params = " ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in sorted((trial.config or {}).items()))
+        used = applicable_params(trial.config or {})  # without what the trial's architecture lacks
+        params = " ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in sorted(used.items()))
         if outcome == "completed" and epochs < (trial.config or {}).get("trainer.max_epochs", self.max_epochs):
             outcome = "stopped early by the scheduler"
         print(f"  [{self.done}/{self.total}] trial {trial.trial_id} {params}: {epochs} epoch(s), {shown} ({outcome})",

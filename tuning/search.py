@@ -27,7 +27,7 @@ from stride.tuning import leaderboard, runs
 from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
 from stride.tuning.integrity import record_state, verify_state
 from stride.tuning.space import TIME_ATTR
-from stride.tuning.spec import ResolvedSearch, load_search, trial_count
+from stride.tuning.spec import ResolvedSearch, applicable_params, load_search, trial_count
 
 META_FILE = "stride_search.json"
 DEFAULT_STORAGE = "ray_results"
@@ -275,8 +275,9 @@ def _rows(results, search: ResolvedSearch, children: dict) -> list[dict[str, Any
                 best = float(values.max() if spec.mode == "max" else values.min())
         status = "error" if result.error else leaderboard.STATUS.get(run.info.status if run else "", "not started")
         epochs = int(frame[TIME_ATTR].max()) if frame is not None and TIME_ATTR in frame else 0
+        used = applicable_params(result.config or {})  # a hyper-parameter its architecture lacks shows as empty
         row = {"trial_id": trial_id, "run_id": run.info.run_id if run else None, "status": status, "epochs": epochs,
-               spec.metric: best, **{d.key: (result.config or {}).get(d.key) for d in search.dimensions}}
+               spec.metric: best, **{d.key: used.get(d.key) for d in search.dimensions}}
         if run is not None:
             row.update({k: v for k, v in run.data.metrics.items() if k in ("test_acc", "test_loss")})
         rows.append(row)

@@ -299,16 +299,27 @@ def check_algorithm(spec: SearchSpec, dimensions: list[Dimension], source: str) 
 
 
 def config_for_params(base_raw: dict[str, Any], params: dict[str, Any], source: str) -> StrideConfig:
-    """The trial's config: the base with the sampled values set; a swapped architecture drops the
-    base's hyper-parameters that the new architecture does not have."""
+    """The trial's config: the base with the sampled values set. A searched architecture is a condition:
+    the base's and the space's hyper-parameters that the trial's architecture does not have are left out
+    (a TCN-vs-GRU search samples `model.num_blocks` for both, and only the TCN takes it)."""
     raw = copy.deepcopy(base_raw)
     arch = params.get("model.architecture")
-    if arch is not None and arch != raw.get("model", {}).get("architecture") and arch in architecture_names():
+    if arch is not None and arch in architecture_names() and arch != raw.get("model", {}).get("architecture"):
         keep = set(get_architecture(arch).param_names)
         raw["model"] = {k: v for k, v in raw.get("model", {}).items() if k in keep}
-    for key, value in params.items():
+    for key, value in applicable_params(params).items():
         set_dotted(raw, key, value)
     return validate(raw, source)
+
+
+def applicable_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The sampled values a trial uses: without the `model.*` hyper-parameters its architecture lacks."""
+    arch = params.get("model.architecture")
+    if arch is None or arch not in architecture_names():
+        return dict(params)
+    keep = set(get_architecture(arch).param_names)
+    return {k: v for k, v in params.items()
+            if not k.startswith("model.") or k == "model.architecture" or k.split(".")[1] in keep}
 
 
 def check_corners(dimensions: list[Dimension], base_raw: dict[str, Any], source: str) -> None:

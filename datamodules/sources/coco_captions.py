@@ -282,10 +282,25 @@ def read_in_order(paths: Iterable[Path], with_sums: bool, window: int = 64) -> I
             yield pending.popleft().result()
 
 
+def check_vocabulary(vocabulary: Vocabulary, dataset: str, min_count: int) -> None:
+    if len(vocabulary) <= 2:
+        raise StrideError(f"{dataset}: no training word occurs more than min_count={min_count} times, so the "
+                          "vocabulary would hold only <EOS> and <UKN>; lower the threshold (--min-count)")
+
+
+def constant_caption(captions: list[str]) -> str:
+    """The baseline that says the same thing of every image: the most frequent training caption (as tokenised
+    words; ties to the alphabetically first). A captioner must score far above it."""
+    counts = Counter(" ".join(tokenize(caption)) for caption in captions)
+    return min(counts, key=lambda caption: (-counts[caption], caption)) if counts else ""
+
+
 def write_caption_dataset(out: str | Path, splits: dict[str, list[CaptionedImage]], root: Path, *, dataset: str,
                           source: dict[str, Any], parameters: dict[str, Any], skips: Skips, min_count: int,
                           samples_per_shard: int, overwrite: bool) -> Manifest:
     """Shards of (`jpg`, `json`) per image, the vocabulary of the training captions written, and the manifest."""
+    # before anything is read or written: every training caption (a superset of those kept) gives no word either
+    check_vocabulary(Vocabulary.build((c for i in splits["train"] for c in i.captions), min_count), dataset, min_count)
     pixels, train_captions, converted = PixelSums.empty(), [], 0
     with ShardWriter(out, samples_per_shard=samples_per_shard, overwrite=overwrite) as writer:
         with tqdm(total=sum(map(len, splits.values())), desc=f"writing {dataset} shards", unit="img") as progress:
@@ -319,12 +334,14 @@ def write_caption_dataset(out: str | Path, splits: dict[str, list[CaptionedImage
             log.warning("%s: %d image(s) were not RGB or grayscale JPEGs and were re-encoded as RGB JPEGs",
                         dataset, converted)
         vocabulary = Vocabulary.build(train_captions, min_count)
+        check_vocabulary(vocabulary, dataset, min_count)
         writer.add_file(VOCABULARY_FILE, vocabulary.to_bytes())
         return writer.commit(
             dataset=dataset, task="captioning", source={**source, "re_encoded_images": converted},
             parameters={**parameters, "min_count": min_count, "samples_per_shard": samples_per_shard,
                         "vocabulary": {"file": VOCABULARY_FILE, "sha256": vocabulary.sha256, "size": len(vocabulary),
-                                       "min_count": min_count}},
+                                       "min_count": min_count},
+                        "constant_caption": constant_caption(train_captions)},
             sample_schema={"jpg": {"role": "image", "dtype": "uint8",
                                    "layout": "JPEG as distributed (RGB or grayscale), any size"},
                            "json": {"role": "captions", "keys": ["image_id", "file", "width", "height", "captions"]}},

@@ -12,6 +12,7 @@ approximated in Python (`ptb_like_tokens`) and METEOR is skipped, with the reaso
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging
@@ -143,13 +144,29 @@ def _score(metric: str, gts: dict[int, list[str]], res: dict[int, list[str]]) ->
             from pycocoevalcap.cider.cider import Cider
 
             return {"CIDEr-D": float(Cider().compute_score(gts, res)[0])}
+        return {"METEOR": float(_meteor().compute_score(gts, res)[0])}
+
+
+_meteor_scorer = None
+
+
+def _meteor():
+    """One METEOR java process per Python process, reused: starting one (loading its paraphrase tables) takes
+    about 11 s, and an evaluation scores the model and the baseline, a promotion scores again. The process
+    holds no state between calls (each score is one request) and is killed at exit."""
+    global _meteor_scorer
+    if _meteor_scorer is None:
         from pycocoevalcap.meteor.meteor import Meteor
 
-        meteor = Meteor()  # a java process, stopped when the scorer is collected
-        try:
-            return {"METEOR": float(meteor.compute_score(gts, res)[0])}
-        finally:
-            del meteor
+        _meteor_scorer = Meteor()
+        atexit.register(_stop_meteor)
+    return _meteor_scorer
+
+
+def _stop_meteor() -> None:
+    global _meteor_scorer
+    scorer, _meteor_scorer = _meteor_scorer, None
+    del scorer  # pycocoevalcap's __del__ kills and waits for the java process
 
 
 def caption_scores(candidates: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]], *,

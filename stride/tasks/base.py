@@ -22,6 +22,7 @@ from stride.errors import StrideError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pytorch_lightning as pl
+    import torch
 
     from stride.config.schema import StrideConfig
     from stride.datamodules.image_classification import ShardedDataModule
@@ -44,7 +45,7 @@ class DataFacts:
     def of(cls, datamodule: "ShardedDataModule") -> "DataFacts":
         norm = datamodule.normalization
         return cls(datamodule.manifest.task, tuple(datamodule.input_shape), datamodule.num_classes,
-                   tuple(datamodule.manifest.class_names),
+                   tuple(datamodule.class_names),
                    (tuple(norm[0]), tuple(norm[1])) if norm else None)
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,6 +105,9 @@ class Task(ABC):
     # which model is better: `val_<quality>` while training, `<split>_<quality>` when evaluating
     quality: ClassVar[str] = "acc"
     quality_mode: ClassVar[str] = "max"
+    # A run artifact, JSON {"words": [...]}, naming what the outputs mean, logged beside the model for tasks whose
+    # labels can outgrow a registry tag (a captioner's vocabulary); `stride predict` reads it back.
+    labels_artifact: ClassVar[str | None] = None
 
     # -- training ---------------------------------------------------------------------------
     @abstractmethod
@@ -118,6 +122,12 @@ class Task(ABC):
     def figures(self, module: "pl.LightningModule", facts: DataFacts, history: list[dict[str, float]],
                 folder: Path, title: str) -> list[Path]:
         """PNG files to log with a finished run (after testing the best checkpoint)."""
+
+    @abstractmethod
+    def batch_loss(self, network: nn.Module, batch: Any, forward: Any = None) -> "torch.Tensor":
+        """The training loss of one batch as the datamodule hands it to the module (on the device), computed
+        as the task's module computes it: for loops outside Lightning (`stride bench`'s bare loop).
+        `forward`: what to call instead of `network` (its compiled forward)."""
 
     @abstractmethod
     def export(self, module: "pl.LightningModule", facts: DataFacts) -> ExportedModel:
@@ -156,6 +166,15 @@ class Task(ABC):
     def prediction_table(self, rows: list[Any]) -> str:
         """`stride predict`'s text output."""
 
+    def draw_predictions(self, rows: list[Any], folder: Path) -> list[Path]:
+        """Pictures of the predictions (`stride predict --out DIR`), for tasks that have something to draw."""
+        raise StrideError(f"task {self.name!r} draws no predictions; leave out --out")
+
+    def decoder(self, module: "pl.LightningModule", **options: Any) -> nn.Module:
+        """An eager inference network (CPU, eval) with options the logged model fixes, e.g. a captioner's
+        beam size (`stride predict --beam-size`); it takes and returns what the logged model does."""
+        raise StrideError(f"task {self.name!r} takes no decoding options ({', '.join(options)})")
+
 
 def datamodule_arguments(config: "StrideConfig") -> dict[str, Any]:
     """The `data` options every task's datamodule takes the same way."""
@@ -164,6 +183,32 @@ def datamodule_arguments(config: "StrideConfig") -> dict[str, Any]:
                 shuffle_buffer=data.shuffle_buffer, pin_memory=data.pin_memory, seed=config.trainer.seed,
                 normalize=data.normalize, cache=data.cache,
                 cache_budget_bytes=data.cache_budget_mb and data.cache_budget_mb * 2**20)
+
+
+def checked_datamodule_arguments(task: Task, config: "StrideConfig", other_tasks_options: tuple[str, ...],
+                                 prepare_with: str, **overrides: Any) -> dict[str, Any]:
+    """The datamodule arguments of a task over stored images (detection, captioning), after refusing the
+    options it would ignore and a dataset of another kind (`prepare_with` says which commands make one)."""
+    from stride.datamodules.manifest import read_manifest
+
+    refuse_options_of_other_tasks(config, task.name, other_tasks_options)
+    manifest_task = read_manifest(config.data.path).task
+    if manifest_task not in task.dataset_tasks:
+        raise StrideError(f"{config.data.path}: dataset task is {manifest_task!r}, but task {task.name!r} trains on "
+                          f"datasets made by {prepare_with}")
+    return {**datamodule_arguments(config), **overrides}
+
+
+def network_taking_pixels(config: "StrideConfig", facts: DataFacts) -> nn.Module:
+    """The registry's network with the data's normalisation folded in, so the logged model takes [0, 1] pixels."""
+    from stride.architectures import build
+    from stride.lightning_modules.normalize import Normalize
+
+    network = build(config.model.architecture, input_shape=facts.input_shape, num_classes=facts.num_classes,
+                    **config.model.params)
+    if facts.normalization:
+        network.normalize = Normalize(list(facts.normalization[0]), list(facts.normalization[1]))
+    return network
 
 
 def refuse_options_of_other_tasks(config: "StrideConfig", task: str, options: tuple[str, ...]) -> None:

@@ -26,7 +26,7 @@ from stride.datamodules.manifest import read_manifest
 from stride.datamodules.sequence_classification import SequenceClassificationData
 from stride.errors import StrideError
 from stride.names import safe_filename
-from stride.lightning_modules.classification import ClassificationModule
+from stride.lightning_modules.classification import ClassificationModule, classification_loss
 from stride.lightning_modules.normalize import Normalize
 from stride.lightning_modules.sequence_view import SequenceView
 from stride.plots import plot_confusion_matrix, plot_learning_curves
@@ -115,6 +115,10 @@ class ClassificationTask(Task):
         if self.class_activation_maps:
             made += plot_test_split_cams(module, self.evaluation_data, facts, folder, title)
         return made
+
+    def batch_loss(self, network: nn.Module, batch: Any, forward: Any = None) -> torch.Tensor:
+        inputs, labels = batch
+        return classification_loss((forward or network)(inputs), labels)[1]  # GoogLeNet adds its auxiliary heads
 
     def export(self, module: ClassificationModule, facts: DataFacts) -> ExportedModel:
         """Logits -> class probabilities, what predict and evaluate consume."""

@@ -14,24 +14,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 from torch import nn
 
-from stride.architectures import build
 from stride.architectures.face_detector import DetectionExport
 from stride.config.loading import config_to_dict
 from stride.config.schema import StrideConfig
 from stride.datamodules.detection import DetectionData, letterbox_scale
-from stride.datamodules.manifest import read_manifest
+from stride.datamodules.sources.faces import astronaut_face
 from stride.detection_plots import plot_detections, plot_precision_recall
 from stride.errors import StrideError
-from stride.lightning_modules.detection import DetectionModule
-from stride.lightning_modules.normalize import Normalize
+from stride.lightning_modules.detection import DetectionModule, detection_loss
 from stride.metrics.detection_ap import wider_face_ap, write_prediction_files
-from stride.names import safe_filename
+from stride.names import inside, safe_filename
 from stride.plots import plot_learning_curves
 from stride.tasks.base import (DEFAULT_MAX_PIXELS, DataFacts, Evaluation, ExportedModel, Task, TensorSpec,
-                               datamodule_arguments, refuse_options_of_other_tasks, register_task)
+                               checked_datamodule_arguments, network_taking_pixels, register_task)
 from stride.tasks.classification import read_image
 from stride.text_table import align_columns
 
@@ -46,10 +44,12 @@ OTHER_TASKS_OPTIONS = ("max_words", "augment.random_shift_px")
 class FacesFound:
     file: str
     boxes: list[tuple[float, float, float, float, float]]  # x1, y1, x2, y2, score in the file's pixels
+    picture: str | None = None  # the image with the boxes drawn (`stride predict --out`)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "faces": [{"box": [round(v, 1) for v in b[:4]], "score": round(b[4], 4)}
-                                             for b in self.boxes]}
+        found = {"file": self.file, "faces": [{"box": [round(v, 1) for v in b[:4]], "score": round(b[4], 4)}
+                                              for b in self.boxes]}
+        return found if self.picture is None else {**found, "picture": self.picture}
 
 
 def true_boxes(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -77,26 +77,15 @@ class DetectionTask(Task):
     # -- training ---------------------------------------------------------------------------
     def datamodule(self, config: StrideConfig, **overrides: Any) -> DetectionData:
         data = config.data
-        refuse_options_of_other_tasks(config, self.name, OTHER_TASKS_OPTIONS)
-        manifest_task = read_manifest(data.path).task
-        if manifest_task not in self.dataset_tasks:
-            raise StrideError(f"{data.path}: dataset task is {manifest_task!r}, but task {self.name!r} trains on "
-                              "detection datasets (stride data prepare wider-face or faces)")
-        kwargs = {**datamodule_arguments(config), **overrides}
+        kwargs = checked_datamodule_arguments(self, config, OTHER_TASKS_OPTIONS,
+                                              "stride data prepare wider-face or faces", **overrides)
         return DetectionData(data.path, image_size=data.image_size or DEFAULT_IMAGE_SIZE,
                              train_sizes=tuple(data.train_sizes), horizontal_flip=data.augment.horizontal_flip,
                              random_crop=data.augment.random_crop, color_jitter=data.augment.color_jitter, **kwargs)
 
-    def network(self, config: StrideConfig, facts: DataFacts) -> nn.Module:
-        detector = build(config.model.architecture, input_shape=facts.input_shape, num_classes=facts.num_classes,
-                         **config.model.params)
-        if facts.normalization:  # folded in: the logged model takes [0, 1] pixels
-            detector.normalize = Normalize(list(facts.normalization[0]), list(facts.normalization[1]))
-        return detector
-
     def module(self, config: StrideConfig, facts: DataFacts) -> DetectionModule:
         description = {"config": config_to_dict(config), "data": facts.as_dict()}
-        return DetectionModule(self.network(config, facts), config.optim, config.schedule, description=description)
+        return DetectionModule(network_taking_pixels(config, facts), config.optim, config.schedule, description=description)
 
     def figures(self, module: DetectionModule, facts: DataFacts, history: list[dict[str, float]],
                 folder: Path, title: str) -> list[Path]:
@@ -111,7 +100,31 @@ class DetectionTask(Task):
             made.append(plot_precision_recall({"test (letterboxed)": (result.recall, result.precision, result.ap)},
                                               folder / "precision_recall_test.png", title=f"{title} test"))
         made.append(self._detections_figure(module, facts, folder, title))
+        made.append(self._astronaut_figure(module, facts, folder, title))
         return made
+
+    @torch.no_grad()
+    def _astronaut_figure(self, module: DetectionModule, facts: DataFacts, folder: Path, title: str) -> Path:
+        """The trained network on one real photograph (scikit-image's astronaut, its face boxed in green),
+        letterboxed as `stride predict` does, boxes drawn in the photograph's own pixels."""
+        photo, face = astronaut_face()
+        side = facts.input_shape[-1]
+        scale = letterbox_scale(photo.shape[0], photo.shape[1], side)
+        fitted = Image.fromarray(photo).resize((round(photo.shape[1] * scale), round(photo.shape[0] * scale)),
+                                               Image.Resampling.BILINEAR)
+        canvas = np.zeros((side, side, 3), dtype=np.float32)
+        canvas[:fitted.height, :fitted.width] = np.asarray(fitted, dtype=np.float32) / 255
+        network = module.network
+        was_training = network.training
+        network.eval()
+        try:
+            device = next(network.parameters()).device
+            found = network.detect(torch.from_numpy(canvas).permute(2, 0, 1)[None].to(device))[0].cpu().numpy()
+        finally:
+            network.train(was_training)
+        return plot_detections([photo], [found_boxes(found, scale)], [np.asarray([face], dtype=np.float64)],
+                               folder / "detections_astronaut.png", ["skimage.data.astronaut()"], title=title,
+                               columns=1)
 
     @torch.no_grad()
     def _detections_figure(self, module: DetectionModule, facts: DataFacts, folder: Path, title: str) -> Path:
@@ -137,6 +150,11 @@ class DetectionTask(Task):
             network.train(was_training)
         return plot_detections(images[:FIGURE_IMAGES], predicted[:FIGURE_IMAGES], true[:FIGURE_IMAGES],
                                folder / "detections_test.png", names[:FIGURE_IMAGES], title=f"{title} test")
+
+    def batch_loss(self, network: nn.Module, batch: Any, forward: Any = None) -> torch.Tensor:
+        images, targets = batch
+        anchors = network.anchors(*images.shape[-2:], images.device)
+        return detection_loss((forward or network)(images), anchors, targets, network).total
 
     def export(self, module: DetectionModule, facts: DataFacts) -> ExportedModel:
         exported = DetectionExport(module.network).cpu().eval()
@@ -213,7 +231,36 @@ class DetectionTask(Task):
         for row in rows:
             shown = "  ".join(f"[{b[0]:.0f} {b[1]:.0f} {b[2]:.0f} {b[3]:.0f} {b[4]:.2f}]" for b in row.boxes)
             lines.append((row.file, str(len(row.boxes)), shown or "-"))
-        return align_columns(lines)
+        table = align_columns(lines)
+        pictures = [row.picture for row in rows if row.picture]
+        return table + (f"\nboxes drawn: {', '.join(pictures)}" if pictures else "")
+
+    def draw_predictions(self, rows: list[FacesFound], folder: Path) -> list[Path]:
+        """Each file as `<folder>/<its stem>_faces.png` with its boxes and scores drawn, in its own pixels
+        (files are read once more here: they were checked and letterboxed before predicting)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for row in rows:
+            stem = safe_filename(Path(row.file).stem)
+            path = inside(folder, folder / f"{stem}_faces.png")
+            if path in written:  # two files of one name from different folders: both kept
+                path = inside(folder, folder / f"{stem}_{len(written)}_faces.png")
+            with Image.open(row.file) as image:
+                drawn = draw_boxes(image.convert("RGB"), row.boxes)
+            drawn.save(path)
+            row.picture = str(path)
+            written.append(path)
+        return written
+
+
+def draw_boxes(image: Image.Image, boxes: list[tuple[float, float, float, float, float]]) -> Image.Image:
+    """Red boxes with their scores above them; line width grows with the image."""
+    draw = ImageDraw.Draw(image)
+    width = max(1, round(max(image.size) / 300))
+    for x1, y1, x2, y2, score in boxes:
+        draw.rectangle((x1, y1, x2, y2), outline=(230, 30, 30), width=width)
+        draw.text((x1, max(0, y1 - 11)), f"{score:.2f}", fill=(230, 30, 30))
+    return image
 
 
 def image_size_of(path: Path, max_pixels: int) -> tuple[int, int]:
