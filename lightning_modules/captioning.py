@@ -15,7 +15,6 @@ import json
 from typing import Any, Callable
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,7 +22,7 @@ from torch import Tensor
 from stride.architectures.captioning import CaptionNetwork
 from stride.config.schema import OptimConfig, ScheduleConfig
 from stride.datamodules.vocabulary import Vocabulary
-from stride.lightning_modules.classification import scheduled_optimizer
+from stride.lightning_modules.classification import StrideModule
 from stride.metrics.caption_scores import caption_scores
 
 PAD = -100  # the datamodule's padding: ignored by the loss
@@ -48,7 +47,7 @@ def unpack_pairs(packed: np.ndarray) -> list[CaptionPair]:
     return [(list(references), caption) for references, caption in json.loads(packed.tobytes().decode())]
 
 
-class CaptioningModule(pl.LightningModule):
+class CaptioningModule(StrideModule):
     """Teacher-forced cross-entropy; per epoch the loss, and on val/test greedy captions scored
     (`val_bleu4`, `val_rouge_l`, `val_cider`; `test_bleu1`..`test_bleu4`, `test_rouge_l`, `test_cider`).
 
@@ -128,31 +127,10 @@ class CaptioningModule(pl.LightningModule):
                 self.log(f"{split}_{name}", scores.values[key], prog_bar=split == "val" and name == "cider")
         self._pairs = []
 
-    def _start_epoch(self) -> None:
+    def _eval_epoch_start(self, split: str) -> None:
         self._pairs, self.last_sample_images = [], []
+        if split == "test":
+            self.last_test_captions = []
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def on_validation_epoch_start(self) -> None:
-        self._start_epoch()
-
-    def on_test_epoch_start(self) -> None:
-        self._start_epoch()
-        self.last_test_captions = []
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
-
-    def configure_optimizers(self) -> Any:
-        trainable = [p for p in self.parameters() if p.requires_grad]  # a frozen encoder is left out
-        return scheduled_optimizer(trainable, self.optim, self.schedule, self.trainer)
+    def _eval_epoch_end(self, split: str) -> None:
+        self._log_scores(split)

@@ -40,7 +40,50 @@ def scheduled_optimizer(parameters: Any, optim: OptimConfig, schedule: ScheduleC
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
 
-class ClassificationModule(pl.LightningModule):
+class StrideModule(pl.LightningModule):
+    """What every stride LightningModule shares: one `_step(batch, split)` for train, val and test;
+    `_eval_epoch_start(split)` / `_eval_epoch_end(split)` around val and test epochs; and the optimiser
+    with its schedule over the trainable parameters (a frozen encoder is left out)."""
+
+    optim: OptimConfig
+    schedule: ScheduleConfig
+
+    def _step(self, batch: Any, split: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _eval_epoch_start(self, split: str) -> None:
+        pass
+
+    def _eval_epoch_end(self, split: str) -> None:
+        pass
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_epoch_start("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_epoch_start("test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> Any:
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return scheduled_optimizer(trainable, self.optim, self.schedule, self.trainer)
+
+
+class ClassificationModule(StrideModule):
     """Cross-entropy on logits; accuracy and loss per split; confusion matrix on test.
 
     `network` maps inputs to logits (normalisation already folded in), so it is exactly
@@ -83,19 +126,9 @@ class ClassificationModule(pl.LightningModule):
             self.test_confusion.update(logits, labels)
         return loss
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
+    def _eval_epoch_end(self, split: str) -> None:
+        if split != "test":
+            return
         self.confusion_matrix = self.test_confusion.compute().cpu()  # all ranks' samples, each once
         self.test_confusion.reset()
         self.log("test_samples", float(self.confusion_matrix.sum()))
-
-    def configure_optimizers(self) -> Any:
-        return scheduled_optimizer(self.parameters(), self.optim, self.schedule, self.trainer)

@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from stride.architectures.face_detector import DetectorOutput, FaceDetector, LossSettings
 from stride.config.schema import OptimConfig, ScheduleConfig
-from stride.lightning_modules.classification import scheduled_optimizer
+from stride.lightning_modules.classification import StrideModule
 
 NEGATIVE, IGNORED = -1, -2  # match_anchors' codes for anchors without a face
 MATCH_CHUNK = 128  # faces per IoU matrix: a crowd of 1,000+ faces x 10^5 anchors would need gigabytes at once
@@ -146,7 +145,7 @@ def unpack_images(rows: np.ndarray, images: int) -> tuple[list[np.ndarray], list
     return predictions, ground_truth
 
 
-class DetectionModule(pl.LightningModule):
+class DetectionModule(StrideModule):
     """The network's detection loss; per split the loss, and on val/test the AP at IoU 0.5
     (`val_ap`, `test_ap`) over every image of the split.
 
@@ -232,27 +231,10 @@ class DetectionModule(pl.LightningModule):
             self.log("test_samples", float(len(predictions)))
         self._reset()
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def on_validation_epoch_start(self) -> None:
+    def _eval_epoch_start(self, split: str) -> None:
         self._reset()
+        if split == "test":
+            self.last_test_predictions = []
 
-    def on_test_epoch_start(self) -> None:
-        self._reset()
-        self.last_test_predictions = []
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_ap("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_ap("test")
-
-    def configure_optimizers(self) -> Any:
-        return scheduled_optimizer(self.parameters(), self.optim, self.schedule, self.trainer)
+    def _eval_epoch_end(self, split: str) -> None:
+        self._log_ap(split)
