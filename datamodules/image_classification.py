@@ -174,6 +174,12 @@ class ShardedDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")
 
+    def start_training_at(self, epoch: int) -> None:
+        """Serve training epoch `epoch` next: a run resumed from a checkpoint at epoch k goes on with epoch
+        k's order (streams and caches draw it from seed and epoch), not with epoch 0's again. Called
+        before the first training batch is drawn, while loader workers are yet to start."""
+        self.stream("train").epoch = epoch
+
     def val_dataloader(self) -> DataLoader:
         return self.loader("val")
 

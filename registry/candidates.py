@@ -10,11 +10,10 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from stride.errors import StrideError
-from stride.tracking.run import fail_dead_runs
+from stride.tracking.deferred import has_model
+from stride.tracking.run import MODEL_URI_TAG, PARENT_TAG, fail_dead_runs
 
-MODEL_URI_TAG = "stride.model_uri"
 SEARCH_ID_TAG = "stride.search_id"
-PARENT_TAG = "mlflow.parentRunId"
 
 
 @dataclass
@@ -31,6 +30,7 @@ class Candidate:
 
     @property
     def model_uri(self) -> str:
+        """Its logged model (`stride.tracking.deferred.export_deferred_model` first, for a weights-only run)."""
         return self.run.data.tags[MODEL_URI_TAG]
 
 
@@ -87,7 +87,7 @@ def select_best(runs: list[Run], metric: str, mode: str, where: str) -> Candidat
         logged = sorted({k for r in finished for k in r.data.metrics})
         raise StrideError(f"no finished run in {where} logged metric {metric!r} (metrics logged: "
                           f"{', '.join(logged) or 'none'})")
-    with_model = [(r, key) for r, key in with_metric if MODEL_URI_TAG in r.data.tags]
+    with_model = [(r, key) for r, key in with_metric if has_model(r.data.tags)]
     if not with_model:
         ids = ", ".join(r.info.run_id for r, _ in with_metric[:5])
         raise StrideError(f"no run in {where} with metric {metric!r} has a logged model (tag {MODEL_URI_TAG}; "
@@ -108,7 +108,7 @@ def run_as_candidate(client: MlflowClient, run_id: str, metric: str) -> Candidat
         raise StrideError(f"--run {run_id}: no such run") from None
     if run.info.status != "FINISHED":
         raise StrideError(f"run {run_id} is {run.info.status}, not FINISHED")
-    if MODEL_URI_TAG not in run.data.tags:
+    if not has_model(run.data.tags):
         raise StrideError(f"run {run_id} has no logged model (tag {MODEL_URI_TAG}); train with tracking.log_model=true")
     key = comparison_key(run, metric)
     return Candidate(run, key or metric, run.data.metrics.get(key, float("nan")) if key else float("nan"),

@@ -31,6 +31,8 @@ from stride.registry.evaluation import check_dataset_identity, evaluate_network
 from stride.registry.lock import LOCK_SUFFIX, registry_lock
 from stride.registry.references import CLASS_NAMES_TAG, TASK_TAG, ModelReference, describe_model, load_network
 from stride.tasks import Evaluation, Task, get_task
+from stride.tracking.deferred import export_deferred_model
+from stride.tracking.run import MODEL_URI_TAG
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +201,13 @@ def promote_best(tracking_uri: str | None = None, *, model_name: str, experiment
     if champion_version is not None and Champion(champion_version).run_id == candidate.run_id:
         return _already(model_name, alias, candidate, Champion(champion_version))
 
-    candidate_ref = describe_model(client, candidate.model_uri)
-    task = get_task(candidate_ref.task)
     dataset = _dataset_path(candidate, data)
     check_dataset_identity(dataset, candidate.run.data.tags.get("dataset.manifest_sha256"), candidate.run_id)
     config_hash = config_sha256(candidate.run_id)
+    if MODEL_URI_TAG not in candidate.run.data.tags:  # a search trial that logged its weights only
+        _export_once(client, candidate, lock_timeout_s)
+    candidate_ref = describe_model(client, candidate.model_uri)
+    task = get_task(candidate_ref.task)
     test_data = task.evaluation_data(dataset, candidate_ref.input_shape)
     evaluation = evaluate_reference(candidate_ref, test_data)
 
@@ -225,6 +229,15 @@ def promote_best(tracking_uri: str | None = None, *, model_name: str, experiment
         card = model_card(model_name, alias, candidate.run, evaluation, config_hash, gate_text)
         result.version = _register(client, model_name, alias, candidate, tags, card, champion)
     return result
+
+
+def _export_once(client: MlflowClient, candidate: Candidate, lock_timeout_s: float) -> None:
+    """Export a weights-only run's model into it; under a lock of its own, so that concurrent promotions of
+    the run (into any model name) export it once and the later ones find that model."""
+    with mlflow_errors(f"exporting the model of run {candidate.run_id} from its weights"):
+        with registry_lock(client, f"stride-export-{candidate.run_id}", timeout_s=lock_timeout_s, purpose="export"):
+            export_deferred_model(client.tracking_uri, candidate.run_id)  # the model already there, if any
+        candidate.run = client.get_run(candidate.run_id)
 
 
 def _already(model_name: str, alias: str, candidate: Candidate, champion: Champion) -> PromotionResult:

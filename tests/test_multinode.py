@@ -6,6 +6,7 @@ left, in the same MLflow run; then `stride submit` runs a search through the hea
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 import yaml
 
@@ -137,9 +139,11 @@ def test_spread_trial_survives_a_lost_node_and_submit_runs_on_the_cluster(two_no
             with reports.open("a") as handle:
                 handle.write(json.dumps({"rank": trainer.global_rank, "world": trainer.world_size,
                                          "epoch": trainer.current_epoch, "shards": read,
-                                         "node": ray.get_runtime_context().get_node_id()}) + "\n")
+                                         "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}) + "\n")
 
         def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1 and not node_lost.exists():
+                (tmp_path / f"waiting-{trainer.global_rank}").touch()  # epoch 0 is over and reported
             deadline = time.monotonic() + 180
             while trainer.current_epoch == 1 and not node_lost.exists() and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -161,11 +165,21 @@ def test_spread_trial_survives_a_lost_node_and_submit_runs_on_the_cluster(two_no
     searching = threading.Thread(target=search, daemon=True)
     searching.start()
     deadline = time.monotonic() + 300
-    while len(epoch_reports()) < 2 and searching.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.2)  # until both ranks finished epoch 1
+    def epoch_0_checkpointed() -> bool:  # both ranks wait at epoch 1, and Ray Train holds epoch 0's checkpoint
+        waiting = all((tmp_path / f"waiting-{rank}").exists() for rank in (0, 1))
+        return waiting and any((tmp_path / "ray" / "multinode" / "train").glob("*/checkpoint_*"))
+
+    while not epoch_0_checkpointed() and searching.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert len(epoch_reports()) == 2, outcome
     cluster.add("node_c")  # the replacement joins (an autoscaler's spare); then node_b dies mid-trial
     cluster.kill(cluster.node_b)
+    # its worker outlives its raylet for a moment: let the ranks go on only once it is gone, or a fast machine
+    # finishes epoch 1 on both before the loss is noticed (and the restart then repeats epoch 1)
+    lost = {r["pid"] for r in epoch_reports() if cluster.names[r["node"]] == "node_b"}
+    deadline = time.monotonic() + 60
+    while any(psutil.pid_exists(pid) for pid in lost) and time.monotonic() < deadline:
+        time.sleep(0.2)
     node_lost.touch()
     searching.join(timeout=300)
     if "error" in outcome:

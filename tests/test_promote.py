@@ -53,6 +53,11 @@ def test_promote_picks_the_best_run_with_a_model_and_records_its_lineage(mlflow_
     assert float(tags["eval.test_acc"]) == pytest.approx(run.data.metrics["test_acc"], abs=1e-4)
     assert float(tags["eval.test_samples"]) == run.data.metrics["test_samples"] == 360
     assert tags["stride.model_uri"] == run.data.tags["stride.model_uri"]
+    # the run logged weights only: promotion exported its model, into the run and the run's experiment
+    assert run.data.tags["stride.model_deferred"] == run.data.tags["stride.model_exported_from"] == "weights/module.pt"
+    logged = client.get_logged_model(tags["stride.model_uri"].removeprefix("models:/"))
+    assert logged.source_run_id == runs.better and logged.experiment_id == run.info.experiment_id
+    assert [output.model_id for output in run.outputs.model_outputs] == [logged.model_id]
     assert "digits_cnn" in version.description and 'load_model("models:/digits-best@champion")' in version.description
 
     before = registry_state(mlflow_server)  # promoting the champion again changes nothing

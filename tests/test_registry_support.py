@@ -29,7 +29,7 @@ EXPERIMENT = "registry-tests"
 @dataclass(frozen=True)
 class TrainedRuns:
     worse: str  # run ids
-    better: str
+    better: str  # weights only (tracking.log_model=deferred), as search trials log
     no_model: str  # a finished run with metrics but no logged model
     search: str  # parent run of a search whose trials are the three runs above
     experiment: str
@@ -56,7 +56,8 @@ def trained_runs(tracking_uri: str, shards: Path, workdir: Path) -> TrainedRuns:
     base = [f"data.path={shards}", "model.channels=8", "data.batch_size=128", "trainer.enable_progress_bar=false",
             f"trainer.checkpoint_dir={workdir / 'checkpoints'}", f"tracking.experiment={EXPERIMENT}"]
     worse = train_trial(load_config("digits-cnn", base + ["trainer.max_epochs=1", "optim.lr=0.0001"]))
-    better = train_trial(load_config("digits-cnn", base + ["trainer.max_epochs=2"]))
+    # logged as search trials are (weights only): promoting it exports its model
+    better = train_trial(load_config("digits-cnn", base + ["trainer.max_epochs=2", "tracking.log_model=deferred"]))
     bare = client.create_run(experiment_id, tags={"stride.task": "classification", **trial_tags,
                                                   "mlflow.parentRunId": search}, run_name="no-model")
     client.log_metric(bare.info.run_id, "best_val_acc", 0.999)

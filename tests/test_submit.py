@@ -45,7 +45,11 @@ def ray_head():
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port", str(free_port()),
          "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-         "--include-dashboard", "true", "--num-cpus", "1", "--temp-dir", temp_dir, "--disable-usage-stats"],
+         "--include-dashboard", "true", "--num-cpus", "1", "--temp-dir", temp_dir, "--disable-usage-stats",
+         # every other fixed default port too (52365, 10001, ...): a leftover or parallel Ray holding one must not
+         # make this head fail to start
+         *(item for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--ray-client-server-port",
+                             "--runtime-env-agent-port", "--metrics-export-port") for item in (flag, str(free_port())))],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     try:

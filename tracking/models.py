@@ -14,12 +14,20 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from stride.tasks import ExportedModel
+from stride.tracking.store import fluent_tracking_uri
 
 
-def log_exported(model: ExportedModel, name: str = "model") -> str:
-    """Log into the active run; return the model URI (models:/<model_id>)."""
+def log_exported(model: ExportedModel, tracking_uri: str, run_id: str, name: str = "model") -> str:
+    """Log as an output of run `run_id` (running or finished, no fluent run needed); return its URI
+    (models:/<model_id>). The logged model is created in the run's experiment explicitly: MLflow would
+    otherwise file a model logged outside an active run under the default experiment."""
     import mlflow.pytorch
+    from mlflow import MlflowClient
 
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    logged = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
+                                        params=dict(run.data.params))
     dtype = np.dtype(model.inputs.dtype)
     example = np.random.default_rng(0).random((2, *model.inputs.shape)).astype(dtype)
     signature = ModelSignature(
@@ -31,6 +39,8 @@ def log_exported(model: ExportedModel, name: str = "model") -> str:
         # exported model computes what the network does (tests/test_sequence_training.py).
         warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights.* were assigned during "
                                                   "export")
-        info = mlflow.pytorch.log_model(model.network, name=name, signature=signature, input_example=example,
-                                        serialization_format="pt2", pip_requirements=["torch", "numpy"])
+        with fluent_tracking_uri(tracking_uri):  # where log_model's own client writes
+            info = mlflow.pytorch.log_model(model.network, name=name, signature=signature, input_example=example,
+                                            serialization_format="pt2", pip_requirements=["torch", "numpy"],
+                                            model_id=logged.model_id, run_id=run_id)
     return info.model_uri

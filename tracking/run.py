@@ -14,16 +14,13 @@ ranks pass no recorder.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
-import mlflow
 import pytorch_lightning as pl
 import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
@@ -34,9 +31,9 @@ from pytorch_lightning.loggers import MLFlowLogger
 from stride import __version__
 from stride.config.loading import config_to_dict, config_to_yaml, flatten
 from stride.config.schema import StrideConfig
-from stride.tasks import DataFacts, ExportedModel, get_task
+from stride.tasks import DataFacts, get_task
 from stride.tracking.models import log_exported
-from stride.tracking.store import ensure_experiment
+from stride.tracking.store import ensure_experiment, fluent_tracking_uri
 from stride.training.history import EpochHistory
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -44,6 +41,7 @@ MODEL_URI_TAG = "stride.model_uri"
 # the trained module as a weights-only stride checkpoint, beside the exported program that hides its feature
 # maps: `stride explain` rebuilds the network from it (stride.training.checkpoints.load_module reads it)
 MODULE_ARTIFACT = "weights/module.pt"
+DEFERRED_MODEL_TAG = "stride.model_deferred"  # the run logged weights only (tracking.log_model=deferred)
 MAX_PARAM_CHARS = 6000
 # the process that owns a RUNNING run, so a later stride command can tell a live run from a ghost
 HOST_TAG, PID_TAG, PROCESS_STARTED_TAG = "stride.host", "stride.pid", "stride.process_started"
@@ -80,19 +78,6 @@ def fail_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
             client.set_terminated(run.info.run_id, "FAILED")
             ended.append(run.info.run_id)
     return ended
-
-
-@contextlib.contextmanager
-def fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking URI set to `uri` for a block, then put back. `mlflow.set_tracking_uri`
-    also exports $MLFLOW_TRACKING_URI, which would otherwise outlive the run: every later run of the
-    process (and its children) would resolve to this store, even after it was deleted."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # None unsets it again
 
 
 class RunMetricsLogger(MLFlowLogger):
@@ -216,17 +201,17 @@ class MlflowRun(EpochHistory):
         with tempfile.TemporaryDirectory() as tmp:
             for png in task.figures(pl_module, facts, self.history, Path(tmp), self.config.name):
                 self.client.log_artifact(self.run_id, str(png), "plots")
-        if self.config.tracking.log_model:
-            self.model_uri = self._log_model(task.export(pl_module, facts))
-            if task.labels_artifact:  # what the outputs mean, beside the model (a captioner's vocabulary)
-                self.client.log_dict(self.run_id, {"words": list(facts.class_names)}, task.labels_artifact)
+        log_model = self.config.tracking.log_model
+        if not log_model:
+            return
+        self._log_module(pl_module)
+        if task.labels_artifact:  # what the outputs mean, beside the model (a captioner's vocabulary)
+            self.client.log_dict(self.run_id, {"words": list(facts.class_names)}, task.labels_artifact)
+        if log_model == "deferred":  # exported from those weights if the run is ever promoted
+            self.client.set_tag(self.run_id, DEFERRED_MODEL_TAG, MODULE_ARTIFACT)
+        else:
+            self.model_uri = log_exported(task.export(pl_module, facts), self.uri, self.run_id)
             self.client.set_tag(self.run_id, MODEL_URI_TAG, self.model_uri)
-            self._log_module(pl_module)
-
-    def _log_model(self, exported: ExportedModel) -> str:
-        # MLflow links a logged model to the fluent active run only; make ours active just for this
-        with fluent_tracking_uri(self.uri), mlflow.start_run(run_id=self.run_id):
-            return log_exported(exported)
 
     def _log_module(self, pl_module: pl.LightningModule) -> None:
         if "stride" not in pl_module.hparams:

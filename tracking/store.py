@@ -7,11 +7,13 @@ Default: an embedded local store in the working directory (SQLite `mlruns.db` pl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -117,3 +119,24 @@ def ensure_experiment(uri: str, experiment: str) -> str:
         if found is None:  # no: the store itself refused (read-only, deleted, ...)
             raise StrideError(f"tracking store {uri}: cannot create experiment {experiment!r}: {err}") from None
         return found.experiment_id
+
+
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to `uri` for a block, then put back as it was, and
+    $MLFLOW_TRACKING_URI too: `mlflow.set_tracking_uri` also exports it, which would otherwise outlive
+    the block (every later run of the process and its children would resolve to this store, even
+    after it was deleted), and a caller's own fluent URI (`stride.registry.client.connect`) survives."""
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    if before == exported:  # only the variable set it: restoring the variable restores it
+        before = None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets it again
+        if exported is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = exported

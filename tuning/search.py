@@ -258,8 +258,10 @@ def _close_after_crash(uri: str, parent: str | None, storage: str, name: str) ->
         pass
 
 
-def _rows(results, search: ResolvedSearch, children: dict) -> list[dict[str, Any]]:
-    """One row per trial: Tune's view (status, epochs, best metric) and the child run's test metrics."""
+def _rows(results, search: ResolvedSearch, children: dict, client: MlflowClient) -> list[dict[str, Any]]:
+    """One row per trial: Tune's view (status, epochs, best metric) and the child run's test metrics. The best
+    metric is taken over the child run's whole history too: after a trial is restored from a checkpoint,
+    Tune's result files hold only the epochs since the restore."""
     spec = search.spec
     rows = []
     for result in results:
@@ -268,11 +270,11 @@ def _rows(results, search: ResolvedSearch, children: dict) -> list[dict[str, Any
         trial_id = (frame["trial_id"].iloc[-1] if frame is not None and "trial_id" in frame else None) or (
             (result.metrics or {}).get("trial_id"))
         run = children.get(trial_id)
-        best = math.nan
-        if frame is not None and spec.metric in frame:
-            values = frame[spec.metric].dropna()
-            if len(values):
-                best = float(values.max() if spec.mode == "max" else values.min())
+        values = [float(v) for v in frame[spec.metric].dropna()] if frame is not None and spec.metric in frame else []
+        if run is not None:
+            values += [m.value for m in client.get_metric_history(run.info.run_id, spec.metric)]
+        values = [v for v in values if math.isfinite(v)]
+        best = (max(values) if spec.mode == "max" else min(values)) if values else math.nan
         status = "error" if result.error else leaderboard.STATUS.get(run.info.status if run else "", "not started")
         epochs = int(frame[TIME_ATTR].max()) if frame is not None and TIME_ATTR in frame else 0
         used = applicable_params(result.config or {})  # a hyper-parameter its architecture lacks shows as empty
@@ -298,10 +300,10 @@ def _finish(results, search: ResolvedSearch, uri: str, parent: str, name: str, s
     spec = search.spec
     interrupted = _interrupted(results.experiment_path)
     record_state(uri, parent, storage, name)  # the state Tune saved is final now
-    rows = _rows(results, search, runs.child_runs(uri, parent))
+    client = MlflowClient(uri)
+    rows = _rows(results, search, runs.child_runs(uri, parent), client)
     header = leaderboard.columns(rows, search.dimensions, spec.metric)
     best = next((r for r in rows if math.isfinite(r[spec.metric])), None)
-    client = MlflowClient(uri)
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifact(parent, str(leaderboard.write_csv(rows, header, Path(tmp) / "leaderboard.csv")))
         if any(math.isfinite(r[spec.metric]) for r in rows):

@@ -102,6 +102,9 @@ class SearchSpec(BaseModel):
     time_budget_s: PositiveFloat | None = None
     max_failures: NonNegativeInt = 1
     keep_checkpoints: PositiveInt = 2
+    # deferred: trials log their weights, and `stride promote` exports the model of the run it promotes;
+    # exported: every trial exports its model when it ends (docs/tuning.md)
+    trial_models: Literal["deferred", "exported"] = "deferred"
 
     @pydantic.field_validator("scheduler", mode="before")
     @classmethod

@@ -38,6 +38,8 @@ class TrialSetup:
 def trial_config(setup: TrialSetup, params: dict[str, Any], trial_id: str) -> StrideConfig:
     config = setup.search.config_for(params, f"trial {trial_id}")
     config.trainer.enable_progress_bar = False
+    if setup.search.spec.trial_models == "deferred" and config.tracking.log_model is True:
+        config.tracking.log_model = "deferred"  # exported when promoted: saves most of a trial's logging time
     # relative checkpoint folders land in the trial's own working folder (Tune changes into it)
     config.trainer.checkpoint_dir = str(Path(config.trainer.checkpoint_dir).absolute())
     return config

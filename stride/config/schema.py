@@ -120,7 +120,10 @@ class TrackingConfig(Section):
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else the local store in the working directory
     experiment: str = "stride"
     run_name: str | None = None
-    log_model: bool = True
+    # true: export the tested network as an MLflow pt2 model when the run ends; false: no model; deferred:
+    # log only its weights (weights/module.pt) and export the model when the run is promoted (search trials:
+    # most are never promoted, and exporting is most of a short trial's logging time; docs/tuning.md)
+    log_model: bool | Literal["deferred"] = True
     tags: dict[str, str] = {}
 
 

@@ -57,6 +57,15 @@ class Launch:
     prepare: Callable[[pl.Trainer], pl.Trainer] | None = None  # e.g. Ray Train's prepare_trainer
 
 
+class ResumedDataOrder(pl.Callback):
+    """Tells the datamodule the epoch training starts at, once the checkpoint is restored (Lightning
+    asks for the dataloaders before it restores the epoch counter)."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if isinstance(trainer.datamodule, ShardedDataModule):
+            trainer.datamodule.start_training_at(trainer.current_epoch)
+
+
 @dataclass
 class TrainOutcome:
     test_metrics: dict[str, float]
@@ -110,7 +119,7 @@ def train(config: StrideConfig, *, callbacks: Sequence[pl.Callback] = (), logger
     module = apply_speed_options(task.module(config, facts), config.trainer)
 
     history = next((c for c in callbacks if isinstance(c, EpochHistory)), None)
-    own: list[pl.Callback] = [NonFiniteLossGuard(config.trainer.log_every_n_steps)]
+    own: list[pl.Callback] = [NonFiniteLossGuard(config.trainer.log_every_n_steps), ResumedDataOrder()]
     if history is None:
         own.append(history := EpochHistory())
     checkpoint = None
