@@ -95,3 +95,22 @@ def test_relative_base_resolves_beside_the_spec_and_data_path_becomes_absolute(t
                                                          "model": {"architecture": "digits_cnn"}}))
     search = load_search(write_spec(tmp_path, base="base.yaml"))
     assert Path(search.base_raw["data"]["path"]).is_absolute()
+
+
+@pytest.mark.parametrize("fields, set_by_base, expected", [
+    ({}, [], "deferred"),  # trials log weights; stride promote exports the one it promotes
+    ({"trial_models": "exported"}, [], True),
+    ({}, ["tracking.log_model=false"], False),  # no model asked for: none is exported later either
+])
+def test_trials_defer_their_model_export_unless_the_spec_says_otherwise(tmp_path, fields, set_by_base, expected):
+    from stride.tuning.cluster import TrialResources
+    from stride.tuning.trial import TrialSetup, trial_config
+
+    search = load_search(write_spec(tmp_path, overrides=set_by_base, **fields))
+    setup = TrialSetup(search, "sqlite:///unused.db", "parent", TrialResources(), str(tmp_path), "search")
+    assert trial_config(setup, {"optim.lr": 0.01}, "t1").tracking.log_model == expected
+
+
+def test_an_unknown_trial_models_choice_is_refused(tmp_path):
+    with pytest.raises(StrideError, match="trial_models"):
+        load_search(write_spec(tmp_path, trial_models="sometimes"))
