@@ -213,16 +213,13 @@ class DetectionData(ShardedDataModule):
                                 horizontal_flip=self.horizontal_flip, random_crop=self.random_crop,
                                 color_jitter=self.color_jitter, seed=self.seed)
 
-    def stream(self, split: str) -> DetectionStream:
-        if split not in self._streams:
-            rank, world = self._rank_and_world()
-            training = split == "train"
-            self._streams[split] = DetectionStream(
-                self.root, self.manifest.split(split).shards, self.fields, self.batcher(split),
-                batch_size=self.batch_size if training else self.eval_batch_size, training=training,
-                rank=rank, world_size=world, num_workers=self.num_workers, seed=self.seed,
-                shuffle_buffer=self.shuffle_buffer)
-        return self._streams[split]
+    def new_stream(self, split: str) -> DetectionStream:
+        rank, world = self._rank_and_world()
+        training = split == "train"
+        return DetectionStream(self.root, self.manifest.split(split).shards, self.fields, self.batcher(split),
+                               batch_size=self.batch_size if training else self.eval_batch_size, training=training,
+                               rank=rank, world_size=world, num_workers=self.num_workers, seed=self.seed,
+                               shuffle_buffer=self.shuffle_buffer)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, targets = batch

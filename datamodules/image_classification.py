@@ -73,6 +73,7 @@ class ShardedDataModule(pl.LightningDataModule):
         self._verified = False
         self._budget_checked_for: torch.device | None = None
         self._streams: dict[str, ShardStream] = {}
+        self._start_epoch = 0  # the training epoch served first (a resumed run's, `start_training_at`)
 
     fields: tuple[str, ...] = ()
     # samples of equal shape stack into arrays, so `data.cache` can decode a split once; datasets of
@@ -146,23 +147,26 @@ class ShardedDataModule(pl.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def stream(self, split: str) -> ShardStream | CachedStream:
+        """The split's batches for this rank, made once per setup; training starts at `start_training_at`'s epoch."""
         if split not in self._streams:
-            rank, world = self._rank_and_world()
-            training = split == "train"
-            batch_size = self.batch_size if training else self.eval_batch_size
-            if self.cache != "none":
-                decoded = open_decoded_split(self.root, self.manifest, self.dataset_sha256, split,
-                                             checksums=self.verify_checksums)
-                self._streams[split] = CachedStream(decoded, self.manifest.split(split).shards, self.fields,
-                                                    batch_size=batch_size, training=training, rank=rank,
-                                                    world_size=world, seed=self.seed, device=self.cache_device)
-                return self._streams[split]
-            self._streams[split] = ShardStream(
-                self.root, self.manifest.split(split).shards, self.fields, self.collate,
-                batch_size=batch_size, training=training,
-                rank=rank, world_size=world, num_workers=self.num_workers, seed=self.seed,
-                shuffle_buffer=self.shuffle_buffer)
+            self._streams[split] = self.new_stream(split)
+            if split == "train":
+                self._streams[split].epoch = self._start_epoch
         return self._streams[split]
+
+    def new_stream(self, split: str) -> ShardStream | CachedStream:
+        rank, world = self._rank_and_world()
+        training = split == "train"
+        batch_size = self.batch_size if training else self.eval_batch_size
+        if self.cache != "none":
+            decoded = open_decoded_split(self.root, self.manifest, self.dataset_sha256, split,
+                                         checksums=self.verify_checksums)
+            return CachedStream(decoded, self.manifest.split(split).shards, self.fields, batch_size=batch_size,
+                                training=training, rank=rank, world_size=world, seed=self.seed,
+                                device=self.cache_device)
+        return ShardStream(self.root, self.manifest.split(split).shards, self.fields, self.collate,
+                           batch_size=batch_size, training=training, rank=rank, world_size=world,
+                           num_workers=self.num_workers, seed=self.seed, shuffle_buffer=self.shuffle_buffer)
 
     def loader(self, split: str) -> DataLoader:
         # a cached split is already decoded: batches are cut in this process (no worker would be faster)
@@ -175,10 +179,12 @@ class ShardedDataModule(pl.LightningDataModule):
         return self.loader("train")
 
     def start_training_at(self, epoch: int) -> None:
-        """Serve training epoch `epoch` next: a run resumed from a checkpoint at epoch k goes on with epoch
-        k's order (streams and caches draw it from seed and epoch), not with epoch 0's again. Called
-        before the first training batch is drawn, while loader workers are yet to start."""
-        self.stream("train").epoch = epoch
+        """Serve training epoch `epoch` first: a run resumed from a checkpoint at epoch k goes on with epoch
+        k's order (streams and caches draw it from seed and epoch), not with epoch 0's again. Set before
+        the training loader exists: its loader workers take their copy of the stream when they start,
+        and Lightning starts them before it restores the epoch counter."""
+        self._start_epoch = epoch
+        self._streams.pop("train", None)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val")

@@ -318,3 +318,21 @@ def test_meteor_with_java() -> None:
     result = caption_scores({0: "a man riding a horse on the beach", 1: "a cat sleeps"}, references)
     assert set(result.values) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"}
     assert not result.skipped and 0.3 < result.values["METEOR"] < 0.9  # one caption perfect, one all wrong
+
+
+def test_a_checkpoint_rebuilds_without_the_encoder_file_it_was_initialised_from(tmp_path) -> None:
+    """A promoted search trial is exported from its weights, maybe on another machine: the pretrained
+    encoder file only initialised the network, and the checkpoint holds every weight."""
+    from stride.config import load_config
+    from stride.tasks import DataFacts, get_task
+    from stride.training.checkpoints import load_module
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pt")
+    config = load_config("caption-gru-shapes", [f"data.path={tmp_path}", f"model.encoder_weights={tmp_path}/resnet18.pt"])
+    facts = DataFacts("captioning", (3, 64, 64), V, tuple(VOCABULARY))
+    module = get_task("captioning").module(config, facts)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"stride": module.hparams["stride"]}},
+               tmp_path / "module.pt")
+    (tmp_path / "resnet18.pt").unlink()
+    _, rebuilt = load_module(tmp_path / "module.pt")
+    assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), rebuilt.state_dict().values()))

@@ -1,6 +1,7 @@
 """A training resumed from a checkpoint goes on with the data order of the epoch it resumes at, exactly as
 the uninterrupted run saw it: the shard streams and the cached splits draw their order from (seed, epoch),
-and the epoch comes from the restored trainer, not from a fresh counter at 0."""
+and the epoch comes from the checkpoint, not from a fresh counter at 0, also in loader workers that
+Lightning starts before it restores the epoch."""
 
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ class FirstBatchLabels(pl.Callback):
             self.seen[trainer.current_epoch] = batch[1][:32].tolist()
 
 
-@pytest.mark.parametrize("cache", ["none", "memory"])
-def test_a_resumed_training_sees_the_order_of_its_epoch_not_epoch_0_again(cache, digits_shards: Path,
+@pytest.mark.parametrize("cache, workers", [("none", 0), ("none", 2), ("memory", 0)])
+def test_a_resumed_training_sees_the_order_of_its_epoch_not_epoch_0_again(cache, workers, digits_shards: Path,
                                                                           tmp_path: Path):
     def fit(epochs: int, folder: str, resume: str | None = None) -> dict[int, list[int]]:
         config = load_config("digits-cnn", [f"data.path={digits_shards}", f"data.cache={cache}", "model.channels=4",
+                                            f"data.num_workers={workers}",
                                             "data.batch_size=128", f"trainer.max_epochs={epochs}", "trainer.limit_train_batches=2",
                                             "trainer.enable_progress_bar=false"])
         labels = FirstBatchLabels()

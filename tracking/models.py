@@ -6,6 +6,7 @@ arbitrary objects. The signature's batch dimension is dynamic.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -39,8 +40,13 @@ def log_exported(model: ExportedModel, tracking_uri: str, run_id: str, name: str
         # exported model computes what the network does (tests/test_sequence_training.py).
         warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights.* were assigned during "
                                                   "export")
-        with fluent_tracking_uri(tracking_uri):  # where log_model's own client writes
-            info = mlflow.pytorch.log_model(model.network, name=name, signature=signature, input_example=example,
-                                            serialization_format="pt2", pip_requirements=["torch", "numpy"],
-                                            model_id=logged.model_id, run_id=run_id)
+        try:
+            with fluent_tracking_uri(tracking_uri):  # where log_model's own client writes
+                info = mlflow.pytorch.log_model(model.network, name=name, signature=signature, input_example=example,
+                                                serialization_format="pt2", pip_requirements=["torch", "numpy"],
+                                                model_id=logged.model_id, run_id=run_id)
+        except BaseException:
+            with contextlib.suppress(Exception):  # no PENDING model left behind; the original error matters more
+                client.finalize_logged_model(logged.model_id, "FAILED")
+            raise
     return info.model_uri

@@ -27,6 +27,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise StrideError(f"checkpoint {path} cannot be loaded as stride weights: {err}") from None
 
 
+def resumed_epoch(path: str | Path) -> int:
+    """The training epoch a run resumed from this Lightning checkpoint starts with: the epochs whose
+    training had finished, as Lightning counts them for its samplers (`epoch_progress.current.processed`)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the weights stay on disk
+        return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError) as err:
+        raise StrideError(f"checkpoint {path} has no training progress (loops.fit_loop.epoch_progress: {err}); "
+                          "resume from a checkpoint Lightning wrote while training") from None
+    except Exception as err:
+        raise StrideError(f"checkpoint {path} cannot be loaded as stride weights: {err}") from None
+
+
 def load_weights(module: torch.nn.Module, path: str | Path) -> None:
     state = read_checkpoint(path)
     try:
@@ -47,9 +60,18 @@ def describe_checkpoint(path: str | Path) -> tuple[StrideConfig, DataFacts]:
                           "was it written by stride?") from None
 
 
+# hyper-parameters naming a file that only initialises part of a network (model.backbone_weights of the face
+# detectors, model.encoder_weights of the captioners): a checkpoint holds every weight, so a module rebuilt
+# from it reads no such file, which need not exist where the checkpoint is loaded (another machine, later)
+INITIAL_WEIGHTS_SUFFIX = "_weights"
+
+
 def load_module(path: str | Path) -> tuple[StrideConfig, pl.LightningModule]:
     """The trained LightningModule of a checkpoint, from the checkpoint alone."""
     config, facts = describe_checkpoint(path)
+    for key, value in config.model.params.items():
+        if key.endswith(INITIAL_WEIGHTS_SUFFIX) and value is not None:
+            setattr(config.model, key, None)
     module = get_task(config.task).module(config, facts)
     load_weights(module, path)
     return config, module

@@ -27,7 +27,7 @@ from stride.datamodules.image_classification import ShardedDataModule
 from stride.errors import StrideError
 from stride.names import safe_filename
 from stride.tasks import DataFacts, get_task
-from stride.training.checkpoints import load_weights
+from stride.training.checkpoints import load_weights, resumed_epoch
 from stride.training.guards import NonFiniteLossGuard
 from stride.training.history import EpochHistory
 from stride.training.speed import apply_speed_options, resolve_precision
@@ -55,15 +55,6 @@ class Launch:
     test: bool = True  # False: fit only (no checkpoints kept, nothing tested), as `stride bench` times it
     trainer_overrides: dict[str, Any] = field(default_factory=dict)  # any other pl.Trainer argument
     prepare: Callable[[pl.Trainer], pl.Trainer] | None = None  # e.g. Ray Train's prepare_trainer
-
-
-class ResumedDataOrder(pl.Callback):
-    """Tells the datamodule the epoch training starts at, once the checkpoint is restored (Lightning
-    asks for the dataloaders before it restores the epoch counter)."""
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if isinstance(trainer.datamodule, ShardedDataModule):
-            trainer.datamodule.start_training_at(trainer.current_epoch)
 
 
 @dataclass
@@ -114,12 +105,14 @@ def train(config: StrideConfig, *, callbacks: Sequence[pl.Callback] = (), logger
     task = get_task(config.task)
     # only global rank 0 hashes (other DDP ranks of this launch check sizes)
     datamodule = open_datamodule(config, verify_checksums=launch.verify_checksums and rank_zero_only.rank == 0)
+    if launch.resume_checkpoint:  # go on with that epoch's data order, not epoch 0's again
+        datamodule.start_training_at(resumed_epoch(launch.resume_checkpoint))
     facts = DataFacts.of(datamodule)
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
     module = apply_speed_options(task.module(config, facts), config.trainer)
 
     history = next((c for c in callbacks if isinstance(c, EpochHistory)), None)
-    own: list[pl.Callback] = [NonFiniteLossGuard(config.trainer.log_every_n_steps), ResumedDataOrder()]
+    own: list[pl.Callback] = [NonFiniteLossGuard(config.trainer.log_every_n_steps)]
     if history is None:
         own.append(history := EpochHistory())
     checkpoint = None
