@@ -234,15 +234,9 @@ def promote_best(tracking_uri: str | None = None, *, model_name: str, experiment
 def _export_once(client: MlflowClient, candidate: Candidate, lock_timeout_s: float) -> None:
     """Export a weights-only run's model into it; under a lock of its own, so that concurrent promotions of
     the run (into any model name) export it once and the later ones find that model."""
-    doing = f"exporting the model of run {candidate.run_id} from its weights"
-    with mlflow_errors(doing):
+    with mlflow_errors(f"exporting the model of run {candidate.run_id} from its weights"):
         with registry_lock(client, f"stride-export-{candidate.run_id}", timeout_s=lock_timeout_s, purpose="export"):
-            try:
-                export_deferred_model(client.tracking_uri, candidate.run_id)  # the model already there, if any
-            except (StrideError, MlflowException):
-                raise
-            except Exception as err:  # torch.export refusing the network, a full disk, ...
-                raise StrideError(f"{doing}: {type(err).__name__}: {err}") from err
+            export_deferred_model(client.tracking_uri, candidate.run_id)  # the model already there, if any
         candidate.run = client.get_run(candidate.run_id)
 
 

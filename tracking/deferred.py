@@ -44,7 +44,13 @@ def export_deferred_model(tracking_uri: str, run_id: str) -> str:
             raise StrideError(f"run {run_id}: its {MODULE_ARTIFACT} artifact cannot be read ({err})") from None
         config, module = load_module(path)  # weights_only: nothing in the artifact store is unpickled
     facts = DataFacts.from_dict(module.hparams["stride"]["data"])
-    uri = log_exported(get_task(config.task).export(module, facts), tracking_uri, run_id)
+    try:
+        uri = log_exported(get_task(config.task).export(module, facts), tracking_uri, run_id)
+    except (StrideError, MlflowException):
+        raise
+    except Exception as err:  # torch.export refusing the network, a full disk, ...
+        raise StrideError(f"run {run_id}: exporting its model from {MODULE_ARTIFACT} failed: "
+                          f"{type(err).__name__}: {err}") from err
     client.set_tag(run_id, MODEL_URI_TAG, uri)
     client.set_tag(run_id, EXPORTED_LATER_TAG, MODULE_ARTIFACT)
     return uri

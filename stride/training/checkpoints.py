@@ -20,9 +20,10 @@ from stride.errors import StrideError
 from stride.tasks import DataFacts, get_task
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """`mmap`: tensors stay on disk until read (for a look at the checkpoint's bookkeeping only)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         raise StrideError(f"checkpoint {path} cannot be loaded as stride weights: {err}") from None
 
@@ -30,14 +31,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def resumed_epoch(path: str | Path) -> int:
     """The training epoch a run resumed from this Lightning checkpoint starts with: the epochs whose
     training had finished, as Lightning counts them for its samplers (`epoch_progress.current.processed`)."""
+    state = read_checkpoint(path, mmap=True)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the weights stay on disk
         return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except (KeyError, TypeError) as err:
         raise StrideError(f"checkpoint {path} has no training progress (loops.fit_loop.epoch_progress: {err}); "
                           "resume from a checkpoint Lightning wrote while training") from None
-    except Exception as err:
-        raise StrideError(f"checkpoint {path} cannot be loaded as stride weights: {err}") from None
 
 
 def load_weights(module: torch.nn.Module, path: str | Path) -> None:
