@@ -32,12 +32,14 @@ LAYERS = [
 
 
 def package_folders() -> dict[str, Path]:
-    """setup.py's table of `stride.*` package -> top-level folder (the one place the layout is written)."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "LAYERS" for t in node.targets):
-            return {name: ROOT / folder for name, folder in ast.literal_eval(node.value).items()}
-    raise AssertionError("setup.py defines no LAYERS table")
+    """Every `stride.*` package -> its folder: the sub-packages of `stride/`, where each layer that lives at
+    the top level of the repository is a link to its folder (the one place the layout is written)."""
+    package = ROOT / "stride"
+    folders = {"stride": package}
+    for child in sorted(package.iterdir()):
+        if (child / "__init__.py").is_file():
+            folders[f"stride.{child.name}"] = child.resolve()
+    return folders
 
 
 def module_files() -> dict[str, Path]:
@@ -45,6 +47,8 @@ def module_files() -> dict[str, Path]:
     for package, folder in package_folders().items():
         for path in folder.rglob("*.py"):
             parts = list(path.relative_to(folder).with_suffix("").parts)
+            if package == "stride" and len(parts) > 1:
+                continue  # a sub-package: listed under its own name
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             found[".".join([package, *parts])] = path
