@@ -123,11 +123,12 @@ def best(runs: list[Throughput]) -> dict[str, Any]:
 
 def run_benchmark(config: StrideConfig, *, steps: int = 100, warmup_steps: int = 10, repeats: int = 1,
                   workers: Sequence[int] | None = None, loader_batches: int | None = None,
-                  tracking_uri: str | None = None, command: str = "") -> BenchReport:
+                  tracking_uri: str | None = None, command: str = "", record: bool = True) -> BenchReport:
     """Measure `config` as given (set data.batch_size etc. beforehand); print nothing.
 
     Bare and stride runs alternate `repeats` times so that a disturbance hits both alike.
-    Stride runs are logged to `tracking_uri`, by default to a throw-away local store.
+    Stride runs are logged to `tracking_uri`, by default to a throw-away local store; `record=False`
+    times the stride path without its MLflow recorder.
     """
     device = torch.device("cuda") if uses_cuda(config.trainer) else torch.device("cpu")
     datamodule = open_datamodule(config)
@@ -146,7 +147,7 @@ def run_benchmark(config: StrideConfig, *, steps: int = 100, warmup_steps: int =
         report.loader.append({"workers": count, **measured.as_dict()})
     bare_runs, stride_runs = [], []
     with tempfile.TemporaryDirectory(prefix="stride-bench-") as workdir:
-        uri = tracking_uri or f"sqlite:///{workdir}/mlruns.db"
+        uri = (tracking_uri or f"sqlite:///{workdir}/mlruns.db") if record else None
         for _ in range(repeats):
             bare_runs.append(bare_throughput(config, steps=steps, warmup_steps=warmup_steps, device=device))
             stride_runs.append(stride_throughput(config, steps=steps, warmup_steps=warmup_steps, tracking_uri=uri,
