@@ -28,14 +28,22 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(ON_GPU and not torch.cuda.is_a
 MIN_BENCH_RATIO = 0.9  # stride's training path against the bare loop on the same network and batches
 
 
+class Figures(dict):
+    """What the lane measured, rewritten to $STRIDE_GPU_REPORT after each figure (a lane cut short keeps its
+    figures so far)."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        if target := os.environ.get("STRIDE_GPU_REPORT"):
+            Path(target).write_text(json.dumps(self, indent=2))
+
+
 @pytest.fixture(scope="module")
-def figures() -> Any:
-    """What the lane measured, written to $STRIDE_GPU_REPORT when the module ends."""
-    found: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if ON_GPU else "cpu",
-                             "gpus": torch.cuda.device_count(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    yield found
-    if target := os.environ.get("STRIDE_GPU_REPORT"):
-        Path(target).write_text(json.dumps(found, indent=2))
+def figures() -> Figures:
+    found = Figures()
+    found["machine"] = {"device": torch.cuda.get_device_name(0) if ON_GPU else "cpu",
+                        "gpus": torch.cuda.device_count(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    return found
 
 
 def recipe(name: str, data: Path, tmp_path: Path, *overrides: str):
