@@ -12,7 +12,7 @@ from pytorch_lightning.utilities import move_data_to_device
 
 from stride.benchmarking.timing import Throughput, cpu_s, now_s
 from stride.config.schema import StrideConfig
-from stride.lightning_modules.classification import build_optimizer
+from stride.lightning_modules.base import build_optimizer
 from stride.tasks import DataFacts, get_task
 from stride.training import Launch, open_datamodule, train
 from stride.training.speed import prepare_network, resolve_precision

@@ -12,7 +12,7 @@ from `last_test_captions`).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import Tensor
 from stride.architectures.captioning import CaptionNetwork
 from stride.config.schema import OptimConfig, ScheduleConfig
 from stride.datamodules.vocabulary import Vocabulary
-from stride.lightning_modules.classification import StrideModule
+from stride.lightning_modules.base import StrideModule
 from stride.metrics.caption_scores import caption_scores
 
 PAD = -100  # the datamodule's padding: ignored by the loss
@@ -59,34 +59,24 @@ class CaptioningModule(StrideModule):
     def __init__(self, network: CaptionNetwork, optim: OptimConfig, schedule: ScheduleConfig,
                  description: dict[str, Any] | None, vocabulary_words: list[str], *,
                  max_words: int = 50, kept_samples: int = 8):
-        super().__init__()
-        if description is not None:  # plain data only: checkpoints stay loadable with weights_only=True
-            self.save_hyperparameters({"stride": description}, logger=False)
-        self.network = network
-        self.optim = optim
-        self.schedule = schedule
+        super().__init__(network, optim, schedule, description)
         self.vocabulary = Vocabulary(vocabulary_words)
         self.max_words = max_words
         self.kept_samples = kept_samples
-        self.compiled_forward: Callable[[Tensor, Tensor], Tensor] | None = None  # see training.speed
         self._pairs: list[CaptionPair] = []  # this epoch's val or test images, this rank's
         self.last_samples: list[CaptionPair] = []  # the first few of the latest val/test epoch, for figures
         self.last_sample_images: list[np.ndarray] = []  # their images, uint8 H x W x 3
         self.last_test_captions: list[CaptionPair] = []  # every test image of every rank, after testing
         self.val_samples: tuple[list[CaptionPair], list[np.ndarray]] = ([], [])  # the latest validation's few
 
-    def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
-        return (self.compiled_forward or self.network)(images, tokens)
-
     def _step(self, batch: tuple[Tensor, Tensor, Tensor, list[list[str]]], split: str) -> Tensor:
         images, tokens, lengths, references = batch
         loss = caption_loss(self(images, tokens), tokens)
         if split == "train":
-            self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(images))
-            self.log("train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log_mean("train_loss", loss, len(images))
+            self.log_step_loss(loss)
             return loss
-        self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, sync_dist=True,
-                 batch_size=int(torch.as_tensor(lengths).sum()), prog_bar=split == "val")
+        self.log_mean(f"{split}_loss", loss, torch.as_tensor(lengths).sum())
         self._collect(images, references)
         return loss
 
@@ -132,5 +122,6 @@ class CaptioningModule(StrideModule):
         if split == "test":
             self.last_test_captions = []
 
-    def _eval_epoch_end(self, split: str) -> None:
-        self._log_scores(split)
+    def _log_epoch(self, split: str) -> None:
+        if split != "train":
+            self._log_scores(split)

@@ -9,7 +9,7 @@ the face). How anchors are matched and what the loss weighs are the network's hy
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from stride.architectures.face_detector import DetectorOutput, FaceDetector, LossSettings
 from stride.config.schema import OptimConfig, ScheduleConfig
-from stride.lightning_modules.classification import StrideModule
+from stride.lightning_modules.base import StrideModule
 
 NEGATIVE, IGNORED = -1, -2  # match_anchors' codes for anchors without a face
 MATCH_CHUNK = 128  # faces per IoU matrix: a crowd of 1,000+ faces x 10^5 anchors would need gigabytes at once
@@ -157,20 +157,11 @@ class DetectionModule(StrideModule):
 
     def __init__(self, network: FaceDetector, optim: OptimConfig, schedule: ScheduleConfig,
                  description: dict[str, Any] | None = None):
-        super().__init__()
-        if description is not None:  # plain data only: checkpoints stay loadable with weights_only=True
-            self.save_hyperparameters({"stride": description}, logger=False)
-        self.network = network
-        self.optim = optim
-        self.schedule = schedule
-        self.compiled_forward: Callable[[Tensor], DetectorOutput] | None = None  # see training.speed
+        super().__init__(network, optim, schedule, description)
         self._predictions: list[np.ndarray] = []  # this epoch's val or test images, this rank's
         self._ground_truth: list[np.ndarray] = []
         # after testing: this rank's test images (all of them without DDP), in original pixels
         self.last_test_predictions: list[ImageDetections] = []
-
-    def forward(self, images: Tensor) -> DetectorOutput:
-        return (self.compiled_forward or self.network)(images)
 
     def _step(self, batch: tuple[Tensor, list[dict[str, Any]]], split: str) -> Tensor:
         images, targets = batch
@@ -178,13 +169,11 @@ class DetectionModule(StrideModule):
         height, width = images.shape[-2:]
         losses = detection_loss(output, self.network.anchors(height, width, images.device), targets, self.network)
         size = len(targets)
-        self.log(f"{split}_loss", losses.total, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
-        self.log(f"{split}_classification_loss", losses.classification, on_step=False, on_epoch=True,
-                 sync_dist=True, batch_size=size)
-        self.log(f"{split}_box_loss", losses.regression, on_step=False, on_epoch=True, sync_dist=True,
-                 batch_size=size)
+        self.log_mean(f"{split}_loss", losses.total, size)
+        self.log_mean(f"{split}_classification_loss", losses.classification, size)
+        self.log_mean(f"{split}_box_loss", losses.regression, size)
         if split == "train":
-            self.log("train_loss_step", losses.total, on_step=True, on_epoch=False, prog_bar=True)
+            self.log_step_loss(losses.total)
         else:
             self._collect(output, targets, height, width, split)
         return losses.total
@@ -236,5 +225,6 @@ class DetectionModule(StrideModule):
         if split == "test":
             self.last_test_predictions = []
 
-    def _eval_epoch_end(self, split: str) -> None:
-        self._log_ap(split)
+    def _log_epoch(self, split: str) -> None:
+        if split != "train":
+            self._log_ap(split)
