@@ -15,6 +15,7 @@ from stride.benchmarking.loader import loader_throughput
 from stride.benchmarking.timing import Throughput
 from stride.benchmarking.training import bare_throughput, build_network, stride_throughput
 from stride.config.schema import StrideConfig
+from stride.datamodules.workers import loader_workers
 from stride.training import open_datamodule
 from stride.training.speed import resolve_channels_last, resolve_precision, uses_cuda
 
@@ -53,11 +54,11 @@ def versions() -> dict[str, str]:
 
 def trained_workers(config: StrideConfig) -> int:
     """The loader processes training really uses: none for a decoded cache."""
-    return config.data.num_workers if config.data.cache == "none" else 0
+    return loader_workers(config.data.num_workers) if config.data.cache == "none" else 0
 
 
 def default_worker_counts(config: StrideConfig) -> list[int]:
-    return sorted({n for n in (0, 1, 2, 4, 8) if n <= (os.cpu_count() or 1)} | {config.data.num_workers})
+    return sorted({n for n in (0, 1, 2, 4, 8) if n <= (os.cpu_count() or 1)} | {loader_workers(config.data.num_workers)})
 
 
 @dataclass

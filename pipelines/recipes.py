@@ -1,4 +1,4 @@
-"""`stride recipes`: the built-in configs."""
+"""`stride recipes`: the built-in configs; `--show NAME` prints one resolved (bases merged, defaults filled)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,19 @@ import argparse
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("recipes", help="list the built-in recipes")
+    parser = commands.add_parser("recipes", help="list the built-in recipes, or show one resolved")
+    parser.add_argument("--show", metavar="RECIPE", help="print this recipe (a name or a .yaml path) as training "
+                        "would use it: the recipes it extends merged in, every default filled, validated")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from stride.config.loading import load_raw, recipe_names
+    from stride.config.loading import config_to_yaml, load_config, load_raw, recipe_names
 
+    if args.show:
+        _, source = load_raw(args.show)
+        print(f"# {source}, resolved\n{config_to_yaml(load_config(args.show))}", end="")
+        return 0
     for name in recipe_names():
         raw, _ = load_raw(name)
         print(f"{name:28s} {raw.get('model', {}).get('architecture', '?'):14s} data={raw.get('data', {}).get('path')}")

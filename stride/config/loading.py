@@ -16,14 +16,23 @@ import yaml
 
 from stride.architectures import get as get_architecture
 from stride.architectures import validate_params
+from stride.config.components import check_components
 from stride.config.schema import StrideConfig
 from stride.errors import StrideError
 
 RECIPE_PACKAGE = "stride.config.recipes"
+BASES_FOLDER = "bases"  # recipes that other recipes extend (`base: NAME`), not listed as trainable on their own
+BASE_KEY = "base"
+MAX_BASE_DEPTH = 8
 
 
 def recipe_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files(RECIPE_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def base_names() -> list[str]:
+    folder = resources.files(RECIPE_PACKAGE).joinpath(BASES_FOLDER)
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
@@ -38,18 +47,55 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def load_raw(recipe_or_path: str) -> tuple[dict[str, Any], str]:
-    """Read a built-in recipe by name or a YAML file by path; return (mapping, source label)."""
+def _read_one(recipe_or_path: str, relative_to: Path | None = None) -> tuple[dict[str, Any], str, Path | None]:
+    """One recipe file, its `base:` not followed: (mapping, source label, its folder for relative bases)."""
     path = Path(recipe_or_path)
+    if relative_to is not None and not path.is_absolute() and path.suffix in (".yaml", ".yml"):
+        path = relative_to / path
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise StrideError(f"config file {path} does not exist")
-        return _read_yaml(path.read_text(), str(path)), str(path)
-    if recipe_or_path not in recipe_names():
-        raise StrideError(f"unknown recipe {recipe_or_path!r}; built-in recipes: {', '.join(recipe_names())} "
-                          "(or give a path to a .yaml file)")
-    text = resources.files(RECIPE_PACKAGE).joinpath(f"{recipe_or_path}.yaml").read_text()
-    return _read_yaml(text, f"recipe {recipe_or_path}"), f"recipe {recipe_or_path}"
+        return _read_yaml(path.read_text(), str(path)), str(path), path.parent
+    package = resources.files(RECIPE_PACKAGE)
+    if recipe_or_path in recipe_names():
+        text, source = package.joinpath(f"{recipe_or_path}.yaml").read_text(), f"recipe {recipe_or_path}"
+    elif recipe_or_path in base_names():
+        text = package.joinpath(BASES_FOLDER, f"{recipe_or_path}.yaml").read_text()
+        source = f"base recipe {recipe_or_path}"
+    else:
+        raise StrideError(f"unknown recipe {recipe_or_path!r}; built-in recipes: {', '.join(recipe_names())}; "
+                          f"bases: {', '.join(base_names())} (or give a path to a .yaml file)")
+    return _read_yaml(text, source), source, None
+
+
+def merged(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """`child` over `base`, section by section: mappings merge key by key, anything else (lists too) is replaced."""
+    result = dict(base)
+    for key, value in child.items():
+        result[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return result
+
+
+def load_raw(recipe_or_path: str) -> tuple[dict[str, Any], str]:
+    """Read a built-in recipe by name or a YAML file by path, with the recipes it extends (`base: NAME` or a
+    path relative to the file) merged under it; return (mapping, source label)."""
+    raw, source, folder = _read_one(recipe_or_path)
+    chain = [source]
+    while BASE_KEY in raw:
+        base = raw.pop(BASE_KEY)
+        if not isinstance(base, str) or not base:
+            raise StrideError(f"{chain[-1]}: {BASE_KEY}: expected the name of a recipe or a .yaml path, got {base!r}")
+        if len(chain) > MAX_BASE_DEPTH:
+            raise StrideError(f"{source}: more than {MAX_BASE_DEPTH} levels of {BASE_KEY}: ({' -> '.join(chain)})")
+        parent, parent_source, parent_folder = _read_one(base, folder)
+        if parent_source in chain:
+            raise StrideError(f"{source}: {BASE_KEY} recipes extend each other in a circle: "
+                              f"{' -> '.join([*chain, parent_source])}")
+        chain.append(parent_source)
+        raw = merged(parent, raw)
+        folder = parent_folder or folder
+    return raw, source if len(chain) == 1 else f"{source} (extending {', '.join(chain[1:])})"
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -101,6 +147,8 @@ def validate(raw: dict[str, Any], source: str) -> StrideConfig:
                 problems.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
         raise StrideError(f"{source}: invalid config: " + "; ".join(problems)) from None
     try:
+        for kind in ("callbacks", "loggers"):
+            check_components(kind, getattr(config, kind), config.trainer.monitor, config.trainer.monitor_mode)
         arch = get_architecture(config.model.architecture)
         if arch.task != config.task:
             raise StrideError(f"architecture {arch.name!r} is for task {arch.task!r}, but task is {config.task!r}")

@@ -32,7 +32,8 @@ class DataConfig(Section):
     path: str = Field(description="dataset folder holding manifest.json and the shards")
     batch_size: PositiveInt = 100
     eval_batch_size: PositiveInt | None = None
-    num_workers: NonNegativeInt = 0
+    # loader processes; auto: one fewer than the CPUs the process may use, at most 8 (datamodules/workers.py)
+    num_workers: NonNegativeInt | Literal["auto"] = "auto"
     shuffle_buffer: NonNegativeInt = 1000
     normalize: Literal["dataset", "none"] = "dataset"  # dataset: mean/std recorded in the manifest
     augment: AugmentConfig = AugmentConfig()
@@ -127,6 +128,13 @@ class TrackingConfig(Section):
     tags: dict[str, str] = {}
 
 
+class ComponentConfig(Section):
+    """A Lightning callback or logger by class name and its constructor arguments (stride.config.components)."""
+
+    name: str
+    args: dict[str, Any] = {}
+
+
 class StrideConfig(Section):
     name: str = "unnamed"
     task: Literal[TASKS] = "classification"  # type: ignore[valid-type]
@@ -136,3 +144,7 @@ class StrideConfig(Section):
     schedule: ScheduleConfig = ScheduleConfig()
     trainer: TrainerConfig = TrainerConfig()
     tracking: TrackingConfig = TrackingConfig()
+    # more Lightning callbacks (e.g. EarlyStopping) and loggers (e.g. CSVLogger), built by the training core
+    # for every launcher: `stride train`, trials, Ray Train workers
+    callbacks: list[ComponentConfig] = []
+    loggers: list[ComponentConfig] = []

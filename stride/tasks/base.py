@@ -178,8 +178,11 @@ class Task(ABC):
 
 def datamodule_arguments(config: "StrideConfig") -> dict[str, Any]:
     """The `data` options every task's datamodule takes the same way."""
+    from stride.datamodules.workers import loader_workers
+
     data = config.data
-    return dict(batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, num_workers=data.num_workers,
+    return dict(batch_size=data.batch_size, eval_batch_size=data.eval_batch_size,
+                num_workers=loader_workers(data.num_workers),
                 shuffle_buffer=data.shuffle_buffer, pin_memory=data.pin_memory, seed=config.trainer.seed,
                 normalize=data.normalize, cache=data.cache,
                 cache_budget_bytes=data.cache_budget_mb and data.cache_budget_mb * 2**20)

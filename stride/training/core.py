@@ -22,6 +22,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgre
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from stride.config.components import build_components
 from stride.config.schema import StrideConfig
 from stride.datamodules.image_classification import ShardedDataModule
 from stride.errors import StrideError
@@ -122,6 +123,9 @@ def train(config: StrideConfig, *, callbacks: Sequence[pl.Callback] = (), logger
         checkpoint = ModelCheckpoint(dirpath=folder, filename="best-{epoch}", monitor=config.trainer.monitor,
                                      mode=config.trainer.monitor_mode, save_top_k=1, save_last=True)
         own.append(checkpoint)
+    monitor, mode = config.trainer.monitor, config.trainer.monitor_mode
+    own += build_components("callbacks", config.callbacks, monitor, mode)
+    loggers = [*loggers, *build_components("loggers", config.loggers, monitor, mode)]
     trainer = make_trainer(config, [*own, *callbacks], loggers, launch)
     trainer.fit(module, datamodule=datamodule, ckpt_path=launch.resume_checkpoint, weights_only=True)
     if checkpoint is None:
