@@ -177,7 +177,7 @@ def test_interrupted_search_resumes_without_rerunning_or_duplicating(local_ray, 
     assert client.get_run(search_id).info.status == "KILLED"
     assert all(r.info.status != "RUNNING" for r in children(mlflow_server, search_id))
 
-    result = resume_search("interrupted", storage=str(tmp_path / "ray"), verbose=0)
+    result = resume_search("interrupted", storage=str(tmp_path / "ray"), verbose=0, tracking_uri=mlflow_server)
     assert result.parent_run_id == search_id and not result.interrupted
     runs = children(mlflow_server, search_id)
     assert len(runs) == 3 and len({r.data.tags[TRIAL_ID_TAG] for r in runs}) == 3
@@ -244,7 +244,7 @@ def test_resume_refuses_state_that_was_changed_and_runs_nothing(local_ray, mlflo
     (state / planted).write_bytes(pickle.dumps(Exploit(marker)))
     kind = "changed" if planted == "tuner.pkl" else "unknown"
     with pytest.raises(StrideError, match=rf"not what stride recorded \({kind}: {planted}\); .*nothing was loaded"):
-        resume_search("planted", storage=str(tmp_path / "ray"), verbose=0)
+        resume_search("planted", storage=str(tmp_path / "ray"), verbose=0, tracking_uri=mlflow_server)
     assert not marker.exists()
 
 
@@ -286,11 +286,13 @@ def test_a_search_driver_killed_with_sigkill_resumes_without_duplicates(local_ra
     driver.kill()
     driver.communicate(timeout=60)
     with pytest.raises(StrideError, match="holds no digests of its saved state .* --trust-storage"):
-        resume_search("killed", storage=str(tmp_path / "ray"), verbose=0)
-    result = resume_search("killed", storage=str(tmp_path / "ray"), verbose=0, trust_storage=True)
+        resume_search("killed", storage=str(tmp_path / "ray"), verbose=0, tracking_uri=mlflow_server)
+    result = resume_search("killed", storage=str(tmp_path / "ray"), verbose=0, tracking_uri=mlflow_server,
+                           trust_storage=True)
     search_id = finished[0].data.tags[SEARCH_ID_TAG]
     runs = children(mlflow_server, search_id)
     assert len(runs) == 3 and len({r.data.tags[TRIAL_ID_TAG] for r in runs}) == 3  # zero duplicates
     assert {r.info.status for r in runs} == {"FINISHED"} and len(result.rows) == 3
     assert all(row["status"] == "completed" for row in result.rows)
+
 

@@ -17,6 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stride.errors import StrideError
@@ -70,15 +71,18 @@ def record_state(uri: str, parent_run_id: str, storage: str, name: str) -> None:
 def verify_state(uri: str, parent_run_id: str, storage: str, name: str) -> None:
     """Raise, naming the files, unless the saved state is exactly what this search recorded."""
     client = MlflowClient(uri)
-    expected_sha = client.get_run(parent_run_id).data.tags.get(DIGESTS_TAG)
     where = f"{storage}/{name}"
-    if not expected_sha:
-        raise StrideError(f"{where}: the search's MLflow run {parent_run_id} holds no digests of its saved state "
-                          "(its driver was killed before it could record them), so stride will not load that "
-                          "state; pass --trust-storage if nobody else can write to this folder")
-    with tempfile.TemporaryDirectory() as tmp:
-        recorded_path = client.download_artifacts(parent_run_id, DIGESTS_ARTIFACT, tmp)
-        recorded_bytes = Path(recorded_path).read_bytes()
+    try:
+        expected_sha = client.get_run(parent_run_id).data.tags.get(DIGESTS_TAG)
+        if not expected_sha:
+            raise StrideError(f"{where}: the search's MLflow run {parent_run_id} holds no digests of its saved state "
+                              "(its driver was killed before it could record them), so stride will not load that "
+                              "state; pass --trust-storage if nobody else can write to this folder")
+        with tempfile.TemporaryDirectory() as tmp:
+            recorded_bytes = Path(client.download_artifacts(parent_run_id, DIGESTS_ARTIFACT, tmp)).read_bytes()
+    except MlflowException as err:
+        raise StrideError(f"{where}: the digests of its saved state cannot be read from MLflow run {parent_run_id} "
+                          f"at {uri} ({err.message}); nothing was loaded") from None
     if hashlib.sha256(recorded_bytes).hexdigest() != expected_sha:
         raise StrideError(f"{where}: the recorded digests of run {parent_run_id} were altered; refusing to resume")
     recorded = json.loads(recorded_bytes)
@@ -91,3 +95,4 @@ def verify_state(uri: str, parent_run_id: str, storage: str, name: str) -> None:
         raise StrideError(f"{where}: the saved search state is not what stride recorded ({problems}); it would be "
                           "unpickled on resume, so nothing was loaded. Pass --trust-storage only if you know why "
                           "it changed")
+

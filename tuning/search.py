@@ -2,7 +2,8 @@
 
 The experiment folder (`STORAGE/NAME/`) holds Tune's state plus `stride_search.json`
 (resolved spec, tracking URI, resources, parent run id), so `--resume NAME` continues the
-same search into the same parent run.
+same search into the same parent run. The folder is not trusted: the resume finds that run by
+the search's name in the user's tracking store and checks the folder against its digests.
 """
 
 from __future__ import annotations
@@ -154,19 +155,22 @@ def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | N
     their checkpoints, in the same MLflow parent and child runs.
 
     The saved state is unpickled by Ray, so it is first checked against the digests the search
-    recorded in its MLflow parent run (`tuning.integrity`); `tracking_uri` pins the server that
-    holds them (default: the one the search's record names); `trust_storage` skips the check."""
+    recorded in its MLflow parent run (`tuning.integrity`). That run is looked up by the search's
+    name in the user's tracking store (`tracking_uri`, else $MLFLOW_TRACKING_URI, else ./mlruns.db),
+    never in one the storage folder names: whoever can write the folder could name a store of their
+    own. `trust_storage` skips the digests, not the lookup."""
     started = time.perf_counter()
     storage = storage_root(storage)
     record = read_record(storage, plain_name(name, "--resume"))
     if record is None:
         raise StrideError(f"no search {name!r} in {storage} (searches there: "
                           f"{', '.join(list_searches(storage)) or 'none'}; pass --storage if it lives elsewhere)")
-    search = ResolvedSearch.from_dict(record["search"])  # JSON: read without unpickling
-    uri, parent = tracking_uri or record["tracking_uri"], record["parent_run_id"]
+    uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
+    parent = _recorded_parent(uri, storage, name, record.get("parent_run_id"))
     if not trust_storage:
         verify_state(uri, parent, storage, name)
+    search = ResolvedSearch.from_dict(record["search"])  # JSON, and verified: read without unpickling
     resources = TrialResources(**record["resources"])
     check_datasets(search)
     try:
@@ -182,6 +186,21 @@ def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | N
     except BaseException:
         _close_after_crash(uri, parent, storage, name)
         raise
+
+
+def _recorded_parent(uri: str, storage: str, name: str, recorded: str | None) -> str:
+    """The search's parent run, found by name in the user's tracking store; the folder's record only picks
+    among that store's searches of the name (one per storage folder)."""
+    found = runs.parents_named(uri, name)
+    if not found:
+        raise StrideError(f"no search named {name!r} in the MLflow tracking store {uri}; resume with the "
+                          "--tracking-uri (or $MLFLOW_TRACKING_URI) the search was tracked in. stride does not take "
+                          "it from the storage folder, which others may be able to write")
+    if recorded not in found:
+        raise StrideError(f"{storage}/{name}/{META_FILE} names MLflow run {recorded}, which is not a search named "
+                          f"{name!r} in {uri} (those are: {', '.join(found)}); the folder does not belong to this "
+                          "store or was altered, so nothing was loaded")
+    return recorded
 
 
 def _trainable(search, uri, parent, resources, storage, name, extra_callbacks):
