@@ -43,12 +43,12 @@ def tiny_spec(tmp_path: Path, digits_shards: Path, experiment: str, **fields) ->
     return str(path)
 
 
-def driver_with_a_finished_trial(spec: str, name: str, experiment: str, uri: str, tmp_path: Path):
+def driver_with_a_finished_trial(spec: str, name: str, experiment: str, uri: str, tmp_path: Path, **popen):
     """`stride tune` in its own process, returned once one of its trials has finished (with that run)."""
     driver = subprocess.Popen(
         [sys.executable, "-m", "stride.pipelines.cli", "tune", "--config", spec, "--name", name,
          "--storage", str(tmp_path / "ray"), "--tracking-uri", uri],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
     client = mlflow.MlflowClient(uri)
     deadline = time.monotonic() + 240
     finished = []
@@ -296,3 +296,24 @@ def test_a_search_driver_killed_with_sigkill_resumes_without_duplicates(local_ra
     assert all(row["status"] == "completed" for row in result.rows)
 
 
+def test_a_search_driver_stopped_with_sigterm_records_its_state_and_says_how_to_resume(local_ray, mlflow_server,
+                                                                                      digits_shards, tmp_path):
+    """SIGTERM as `timeout`, Slurm and systemd send it: to the driver's whole process group, Ray's own processes
+    included. The runs end KILLED, the state's digests are recorded (no --trust-storage needed), the driver says
+    how to resume and exits 143."""
+    from stride.tuning.integrity import DIGESTS_TAG, verify_state
+
+    spec = tiny_spec(tmp_path, digits_shards, "sigterm")
+    driver, finished = driver_with_a_finished_trial(spec, "terminated", "sigterm", mlflow_server, tmp_path,
+                                                    start_new_session=True)
+    os.killpg(driver.pid, signal.SIGTERM)
+    output = driver.communicate(timeout=120)[0]
+    assert driver.returncode == 143, output[-3000:]
+    assert "SIGTERM received" not in output  # Ray's crash handler's stack dump
+    assert (f"continue with: stride tune --resume terminated --storage {tmp_path / 'ray'} --tracking-uri "
+            f"{mlflow_server}") in output and "stride tune: stopped by SIGTERM" in output
+    search_id = finished[0].data.tags[SEARCH_ID_TAG]
+    parent = mlflow.MlflowClient(mlflow_server).get_run(search_id)
+    assert parent.info.status == "KILLED" and DIGESTS_TAG in parent.data.tags
+    assert all(r.info.status != "RUNNING" for r in children(mlflow_server, search_id))
+    verify_state(mlflow_server, search_id, str(tmp_path / "ray"), "terminated")  # what --resume checks first

@@ -11,7 +11,9 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -123,11 +125,35 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, state_ap
                                                          "_node_ip_address": LOOPBACK}
     kwargs.update(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
     try:
-        with contextlib.nullcontext() if address else loopback_node():
+        with contextlib.nullcontext() if address else loopback_node(), own_sigterm_handler():
             ray.init(**kwargs)
     except (ConnectionError, TimeoutError, RuntimeError) as err:
         raise StrideError(f"cannot connect to the Ray cluster at {address or 'a new local instance'}: {err}") from None
     return True
+
+
+@contextmanager
+def own_sigterm_handler() -> Iterator[None]:
+    """Keep the process's SIGTERM handler across `ray.init`.
+
+    `ray.init` replaces it twice: with a Python handler that calls `sys.exit(15)`, and in its core
+    worker with a crash handler that dumps the stack and aborts (exit 134). Either way a
+    terminated driver would skip what a stopped search must do (record its state, close its
+    runs); the handler it had (stride's, which stops the command like Ctrl-C) is put back, and a
+    SIGTERM that came while Ray was starting is handed to it.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    except SystemExit as stop:
+        if stop.code == signal.SIGTERM and callable(previous):
+            previous(signal.SIGTERM, None)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 LOOPBACK = "127.0.0.1"

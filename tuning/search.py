@@ -130,8 +130,8 @@ def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tra
             tuner = _tuner(search, uri, parent, resources, storage, name, concurrency, extra_callbacks, verbose,
                            tune_callbacks)
             return _finish(tuner.fit(), search, uri, parent, name, storage, started)
-    except BaseException:
-        _close_after_crash(uri, parent, storage, name)
+    except BaseException as stop:
+        _close_after_stop(uri, parent, storage, name, stop)
         raise
 
 
@@ -183,8 +183,8 @@ def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | N
             tuner = tune.Tuner.restore(f"{storage}/{name}", trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
             return _finish(tuner.fit(), search, uri, parent, name, storage, started)
-    except BaseException:
-        _close_after_crash(uri, parent, storage, name)
+    except BaseException as stop:
+        _close_after_stop(uri, parent, storage, name, stop)
         raise
 
 
@@ -263,9 +263,18 @@ def _callbacks(search: ResolvedSearch, uri: str, parent: str, verbose: bool) -> 
     return callbacks
 
 
-def _close_after_crash(uri: str, parent: str | None, storage: str, name: str) -> None:
-    """The driver is going down (Ctrl-C, an error): leave no run RUNNING (--resume reopens them) and
-    record the digests of the state Tune saved, so a resume can trust it."""
+class SearchStopped(KeyboardInterrupt):
+    """A signal stopped the search before Tune finished it; its state is saved and recorded for `--resume`."""
+
+    def __init__(self, name: str, storage: str, tracking_uri: str):
+        super().__init__(name)
+        self.name, self.storage, self.tracking_uri = name, storage, tracking_uri
+
+
+def _close_after_stop(uri: str, parent: str | None, storage: str, name: str, stop: BaseException) -> None:
+    """The driver is going down (a signal, an error): leave no run RUNNING (--resume reopens them) and
+    record the digests of the state Tune saved, so a resume can trust it. A stop by a signal becomes
+    `SearchStopped`, which says how to resume."""
     if parent is None:
         return
     try:
@@ -275,6 +284,8 @@ def _close_after_crash(uri: str, parent: str | None, storage: str, name: str) ->
             MlflowClient(uri).set_terminated(parent, "KILLED")
     except Exception:  # the tracking server may be what failed; the original error matters more
         pass
+    if isinstance(stop, KeyboardInterrupt) and not isinstance(stop, SearchStopped):
+        raise SearchStopped(name, storage, uri) from stop
 
 
 def _rows(results, search: ResolvedSearch, children: dict, client: MlflowClient) -> list[dict[str, Any]]:
