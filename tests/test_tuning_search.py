@@ -300,7 +300,9 @@ def test_a_search_driver_stopped_with_sigterm_records_its_state_and_says_how_to_
                                                                                       digits_shards, tmp_path):
     """SIGTERM as `timeout`, Slurm and systemd send it: to the driver's whole process group, Ray's own processes
     included. The runs end KILLED, the state's digests are recorded (no --trust-storage needed), the driver says
-    how to resume and exits 143."""
+    how to resume and exits 143. A resume then reads every trial checkpoint as weights before starting anything."""
+    import pickle
+
     from stride.tuning.integrity import DIGESTS_TAG, verify_state
 
     spec = tiny_spec(tmp_path, digits_shards, "sigterm")
@@ -317,3 +319,41 @@ def test_a_search_driver_stopped_with_sigterm_records_its_state_and_says_how_to_
     assert parent.info.status == "KILLED" and DIGESTS_TAG in parent.data.tags
     assert all(r.info.status != "RUNNING" for r in children(mlflow_server, search_id))
     verify_state(mlflow_server, search_id, str(tmp_path / "ray"), "terminated")  # what --resume checks first
+
+    marker = tmp_path / "code-ran"
+    checkpoint = sorted((tmp_path / "ray" / "terminated").rglob("checkpoint.ckpt"))[-1]
+    checkpoint.write_bytes(pickle.dumps(Exploit(marker)))
+    with pytest.raises(StrideError, match=rf"checkpoint {checkpoint} cannot be loaded as stride weights: .*"
+                                          r"nothing was loaded from it"):
+        resume_search("terminated", storage=str(tmp_path / "ray"), verbose=0, tracking_uri=mlflow_server)
+    assert not marker.exists()
+
+
+def test_a_trial_that_meets_a_checkpoint_that_is_not_weights_fails_the_search(local_ray, mlflow_server, digits_shards,
+                                                                               tmp_path):
+    """A checkpoint replaced while the search runs: the restarted trial refuses it, and the search fails with
+    that one message instead of finishing without the trial."""
+    import pickle
+
+    import pytorch_lightning as pl
+
+    marker, state = tmp_path / "code-ran", tmp_path / "ray" / "poisoned"
+    poison = pickle.dumps(Exploit(marker))
+
+    class PoisonCheckpointsAndCrash(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                for checkpoint in state.rglob("checkpoint.ckpt"):
+                    checkpoint.write_bytes(poison)
+                os._exit(1)  # Tune restarts the trial from its (now poisoned) epoch-0 checkpoint
+
+    spec = tiny_spec(tmp_path, digits_shards, "poisoned", space={"optim.lr": {"choice": [0.05]}}, max_failures=1)
+    with pytest.raises(StrideError, match=r"search poisoned: 1 trial\(s\) refused a checkpoint; checkpoint .*"
+                                          r"cannot be loaded as stride weights"):
+        run_search(spec, tracking_uri=mlflow_server, storage=str(tmp_path / "ray"), name="poisoned",
+                   extra_callbacks=[PoisonCheckpointsAndCrash()], verbose=0)
+    assert not marker.exists()
+    [parent] = mlflow.MlflowClient(mlflow_server).search_runs(
+        [mlflow.MlflowClient(mlflow_server).get_experiment_by_name("poisoned").experiment_id],
+        filter_string="tags.`stride.kind` = 'search'")
+    assert parent.info.status == "FAILED"

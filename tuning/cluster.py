@@ -89,6 +89,7 @@ def check_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 QUIET_TUNE_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # the new reporter prints its configuration box at any verbosity; the old, nothing at 0
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # a warning per checkpoint burst of short trials
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",  # a traceback per failed attempt; stride prints a line per failed trial
 }
 QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)  # "token authentication is enabled"
 

@@ -7,7 +7,10 @@ resume. So whenever a search stops (finished, interrupted, crashed), stride hash
 state file Ray may unpickle and records the digests on the search's MLflow parent run: the
 list as an artifact, its own sha256 as a tag. `--resume` recomputes them and refuses to
 load anything when a file changed, appeared or is missing. Checkpoints are not listed:
-the training core reads them with `torch.load(weights_only=True)`.
+the training core reads them with `torch.load(weights_only=True)`, which refuses anything but
+weights; a resume reads every one of a local folder that way before Ray starts, and a trial
+that meets one anyway (a checkpoint replaced while the search ran) fails with `CheckpointRefused`,
+which fails the search instead of letting it go on without the trial.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stride.errors import StrideError
+from stride.training.checkpoints import read_checkpoint
 
 DIGESTS_ARTIFACT = "search_state_sha256.json"
 DIGESTS_TAG = "stride.state_sha256"
@@ -96,3 +100,23 @@ def verify_state(uri: str, parent_run_id: str, storage: str, name: str) -> None:
                           "unpickled on resume, so nothing was loaded. Pass --trust-storage only if you know why "
                           "it changed")
 
+
+class CheckpointRefused(StrideError):
+    """A trial checkpoint that `torch.load(weights_only=True)` refuses: not stride's weights."""
+
+
+def refuse_unloadable(path: str) -> None:
+    """Raise `CheckpointRefused` unless the checkpoint at `path` loads as weights (tensors stay on disk)."""
+    try:
+        read_checkpoint(path, mmap=True)
+    except StrideError as err:
+        raise CheckpointRefused(f"{err} (not weights that stride wrote; nothing was loaded from it)") from None
+
+
+def refuse_unloadable_checkpoints(storage: str, name: str) -> None:
+    """Before a resume starts anything: every trial checkpoint of a local search folder loads as weights.
+    (A folder on a bucket is left to the trials, which refuse such a checkpoint the same way.)"""
+    if "://" in storage:
+        return
+    for path in sorted(p for suffix in CHECKPOINT_SUFFIXES for p in Path(storage, name).rglob(f"*{suffix}")):
+        refuse_unloadable(str(path))

@@ -26,7 +26,7 @@ from stride.tracking.store import check_reachable, ensure_experiment, resolve_tr
 from stride.training import open_datamodule
 from stride.tuning import leaderboard, runs
 from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
-from stride.tuning.integrity import record_state, verify_state
+from stride.tuning.integrity import CheckpointRefused, record_state, refuse_unloadable_checkpoints, verify_state
 from stride.tuning.space import TIME_ATTR
 from stride.tuning.spec import ResolvedSearch, applicable_params, load_search, trial_count
 
@@ -170,6 +170,7 @@ def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | N
     parent = _recorded_parent(uri, storage, name, record.get("parent_run_id"))
     if not trust_storage:
         verify_state(uri, parent, storage, name)
+    refuse_unloadable_checkpoints(storage, name)
     search = ResolvedSearch.from_dict(record["search"])  # JSON, and verified: read without unpickling
     resources = TrialResources(**record["resources"])
     check_datasets(search)
@@ -316,6 +317,12 @@ def _rows(results, search: ResolvedSearch, children: dict, client: MlflowClient)
     return leaderboard.rank_rows(rows, spec.metric, spec.mode)
 
 
+def _refused_trials(results) -> list[str]:
+    """What each trial that met a checkpoint that is not stride's weights said about it."""
+    errors = [getattr(r.error, "cause", r.error) for r in results]  # Ray wraps a trial's exception
+    return [str(error) for error in errors if isinstance(error, CheckpointRefused)]
+
+
 def _interrupted(experiment_path: str) -> bool:
     """Whether Ctrl-C (or SIGUSR1) cut the search short. Tune stops every trial on the way out, so the
     live results all read TERMINATED; the state Tune saved just before that still tells."""
@@ -346,7 +353,10 @@ def _finish(results, search: ResolvedSearch, uri: str, parent: str, name: str, s
         if best["run_id"]:
             client.set_tag(parent, "stride.best_run_id", best["run_id"])
     runs.close_children(uri, parent, "KILLED")
-    client.set_terminated(parent, "KILLED" if interrupted else "FINISHED")
+    refused = _refused_trials(results)
+    client.set_terminated(parent, "FAILED" if refused else "KILLED" if interrupted else "FINISHED")
+    if refused:
+        raise StrideError(f"search {name}: {len(refused)} trial(s) refused a checkpoint; {refused[0]}")
     return SearchResult(name, f"{storage}/{name}", parent, uri, spec.metric,
                         best["trial_id"] if best else None, best["run_id"] if best else None,
                         best[spec.metric] if best else None, rows, header, time.perf_counter() - started,
