@@ -7,7 +7,8 @@ import shlex
 import sys
 
 from stride.errors import StrideError
-from stride.pipelines.arguments import add_ray_arguments, add_tracking_argument
+from stride.pipelines.arguments import (add_ray_arguments, add_tracking_argument, non_negative_number, positive_int,
+                                         positive_number)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -22,11 +23,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", help="name of this search in --storage and MLflow (default: SPEC-DATE-TIME)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="overrides for the base training config, e.g. data.path=shards/digits")
-    parser.add_argument("--num-samples", type=int, help="override the spec's num_samples")
+    parser.add_argument("--num-samples", type=positive_int, help="override the spec's num_samples")
     parser.add_argument("--scheduler", choices=["asha", "fifo", "pbt"], help="override the spec's scheduler")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (split over its workers)")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (split over its workers)")
-    parser.add_argument("--workers-per-trial", type=int, default=1,
+    parser.add_argument("--cpus-per-trial", type=positive_number, default=1.0,
+                        help="CPUs per trial (split over its workers)")
+    parser.add_argument("--gpus-per-trial", type=non_negative_number, default=0.0,
+                        help="GPUs per trial (split over its workers)")
+    parser.add_argument("--workers-per-trial", type=positive_int, default=1,
                         help="N > 1: each trial trains with Ray Train DDP over N workers")
     add_ray_arguments(parser)
     add_tracking_argument(parser)

@@ -37,7 +37,7 @@ class TrialResources:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise StrideError(f"--workers-per-trial must be at least 1, got {self.workers}")
-        if self.cpus <= 0 or self.gpus < 0:
+        if not (math.isfinite(self.cpus) and self.cpus > 0 and math.isfinite(self.gpus) and self.gpus >= 0):
             raise StrideError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got {self.cpus}, {self.gpus}")
         per_worker = self.gpus / self.workers
         if per_worker > 1 and not per_worker.is_integer():
