@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, Callable
 
 from stride.errors import StrideError
 
 if TYPE_CHECKING:
     from stride.config import StrideConfig
+
+
+def number_type(kind: type, expected: str, accepts: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type for a number option: refuses what is not a finite `kind` that `accepts`, as
+    configs do; argparse names the option in the error (`argument --cpus-per-trial: expected ...`)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and accepts(value)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = number_type(int, "a whole number >= 1", lambda value: value >= 1)
+non_negative_int = number_type(int, "a whole number >= 0", lambda value: value >= 0)
+positive_number = number_type(float, "a finite number > 0", lambda value: value > 0)
+non_negative_number = number_type(float, "a finite number >= 0", lambda value: value >= 0)
+open_fraction = number_type(float, "a number between 0 and 1 (both excluded)", lambda value: 0 < value < 1)
+unit_interval = number_type(float, "a number from 0 to 1", lambda value: 0 <= value <= 1)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +50,7 @@ def add_tracking_argument(parser: argparse.ArgumentParser) -> None:
 def add_image_output_arguments(parser: argparse.ArgumentParser) -> None:
     """What every command that reads users' image files and prints per-file results takes."""
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--max-pixels", type=int, default=50_000_000,
+    parser.add_argument("--max-pixels", type=positive_int, default=50_000_000,
                         help="refuse images larger than this many pixels, from their header (default 50,000,000)")
     add_tracking_argument(parser)
 

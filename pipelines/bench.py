@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from stride.errors import StrideError
-from stride.pipelines.arguments import add_config_arguments, add_tracking_argument, config_from_args
+from stride.pipelines.arguments import add_config_arguments, add_tracking_argument, config_from_args, positive_int
 
 
 def worker_counts(text: str) -> list[int]:
@@ -50,36 +50,29 @@ def cache_modes(text: str) -> list[str]:
     return modes
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("bench", help="training throughput of a recipe against a bare PyTorch loop")
     add_config_arguments(parser)
-    parser.add_argument("--batch-size", type=positive, help="training batch size (default: the recipe's)")
-    parser.add_argument("--steps", type=positive, default=100, help="timed training steps (default 100)")
-    parser.add_argument("--warmup-steps", type=positive, default=10,
+    parser.add_argument("--batch-size", type=positive_int, help="training batch size (default: the recipe's)")
+    parser.add_argument("--steps", type=positive_int, default=100, help="timed training steps (default 100)")
+    parser.add_argument("--warmup-steps", type=positive_int, default=10,
                         help="untimed steps first, for allocation, cuDNN autotuning, worker start-up (default 10)")
-    parser.add_argument("--repeats", type=positive, default=1,
+    parser.add_argument("--repeats", type=positive_int, default=1,
                         help="alternate bare and stride runs this often and keep the fastest of each (default 1)")
     parser.add_argument("--workers", type=worker_counts,
                         help="loader worker counts to measure, e.g. 0,1,2 (default 0,1,2,4,8 up to the core count, "
                              "plus the recipe's)")
-    parser.add_argument("--loader-batches", type=positive, help="timed batches per loader measurement "
+    parser.add_argument("--loader-batches", type=positive_int, help="timed batches per loader measurement "
                         "(default: --steps)")
-    parser.add_argument("--synthetic", type=positive, metavar="N",
+    parser.add_argument("--synthetic", type=positive_int, metavar="N",
                         help="benchmark on N random training images written to a temporary folder instead of "
                              "data.path (for when the dataset is not prepared)")
     parser.add_argument("--synthetic-shape", type=shape, default=(1, 28, 28), metavar="C,H,W",
                         help="image shape of --synthetic data (default 1,28,28, MNIST's)")
     parser.add_argument("--synthetic-encoding", choices=("png", "npy"), default="png",
                         help="how --synthetic images are stored (default png, as `stride data prepare`)")
-    parser.add_argument("--threads", type=positive, help="torch intra-op threads (default: torch's); 1 gives steadier "
-                        "CPU figures on a machine shared with other jobs")
+    parser.add_argument("--threads", type=positive_int, help="torch intra-op threads (default: torch's); 1 gives "
+                        "steadier CPU figures on a machine shared with other jobs")
     parser.add_argument("--cache", type=cache_modes, metavar="MODES",
                         help="data.cache modes to measure, e.g. none,memory,device: one report each (default: the "
                              "recipe's)")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from stride.errors import StrideError
-from stride.pipelines.arguments import add_image_output_arguments
+from stride.pipelines.arguments import add_image_output_arguments, positive_int, unit_interval
 
 if TYPE_CHECKING:  # the heavy imports happen in the handler, so `stride --help` stays fast
     import torch
@@ -48,10 +48,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--model", help="models:/NAME@champion, models:/NAME/VERSION, models:/m-<id> or "
                                         "runs:/RUN_ID/model (its run must have logged weights/module.pt)")
     source.add_argument("--checkpoint", help="a stride checkpoint (.ckpt) instead of a logged model")
-    parser.add_argument("--top-k", type=int, default=3, help="how many of the most probable classes to map "
-                                                             "(default 3)")
-    parser.add_argument("--threshold", type=float, help="box the pixels whose min-max normalised map is at least "
-                                                         "this (default 0.2, as in Zhou et al. 2016)")
+    parser.add_argument("--top-k", type=positive_int, default=3,
+                        help="how many of the most probable classes to map (default 3)")
+    parser.add_argument("--threshold", type=unit_interval,
+                        help="box the pixels whose min-max normalised map is at least this (default 0.2, as in Zhou et "
+                             "al. 2016)")
     parser.add_argument("--out", default="cams", help="folder for the PNGs (default ./cams)")
     add_image_output_arguments(parser)
     parser.set_defaults(handler=run)

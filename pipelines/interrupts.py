@@ -1,10 +1,16 @@
 """Stopping stride with a signal: Ctrl-C (SIGINT) and SIGTERM (schedulers, Kubernetes, `timeout`).
 
 Both unwind the command like Ctrl-C, so an open MLflow run ends KILLED, Lightning tears
-down, and a search stops its trials and saves its state for `--resume`. The command then
-exits 128 + the signal's number (130, 143) and says what was stopped. Lightning turns an
-interrupt into `SystemExit(1)` on its way out; the watch remembers the signal, so the exit
-code is still the signal's.
+down, and a search records its saved state for `--resume`. The command then exits 128 + the
+signal's number (130, 143) and says what was stopped. Lightning turns an interrupt into
+`SystemExit(1)` on its way out; the watch remembers the signal, so the exit code is still the
+signal's.
+
+Ctrl-C during a search first reaches Ray Tune's own handler, which stops the trials and saves
+the state; Ray's processes ignore SIGINT, so they are there to do it. SIGTERM stops at once:
+`timeout`, Slurm and systemd send it to the whole process group, Ray's processes included, so
+nothing may wait on them. `timeout` sends it twice (to the process, then to its group): a
+repeated SIGTERM is ignored, so it cannot cut the clean-up short.
 """
 
 from __future__ import annotations
@@ -23,13 +29,9 @@ class SignalWatch:
         self._previous: dict[int, Any] = {}
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGTERM and self.received == signal.SIGTERM:
+            return
         self.received = self.received or signum
-        if signum == signal.SIGTERM:
-            # A library that catches Ctrl-C to stop gracefully (Ray Tune during a search) gets SIGTERM the same way.
-            graceful = signal.getsignal(signal.SIGINT)
-            if callable(graceful) and graceful not in (self.handle, signal.default_int_handler):
-                graceful(signal.SIGINT, frame)
-                return
         raise KeyboardInterrupt
 
     def __enter__(self) -> "SignalWatch":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from stride.pipelines.arguments import add_image_output_arguments
+from stride.pipelines.arguments import add_image_output_arguments, positive_int
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -17,8 +17,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, "
                                                         "models:/m-<id> or runs:/RUN_ID/model")
-    parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per file (default 3)")
-    parser.add_argument("--beam-size", type=int, help="captioning: decode with a beam search of this width "
+    parser.add_argument("--top-k", type=positive_int, default=3, help="how many classes to list per file "
+                        "(default 3)")
+    parser.add_argument("--beam-size", type=positive_int, help="captioning: decode with a beam search of this width "
                         "(rebuilds the network from the weights its run logged; default: the logged greedy model)")
     parser.add_argument("--out", help="detection: write each image with its boxes drawn into this folder")
     add_image_output_arguments(parser)

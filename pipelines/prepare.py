@@ -8,6 +8,7 @@ from stride.datamodules.image_shards import ENCODINGS
 from stride.datamodules.sources.cifar import DATASETS as CIFAR
 from stride.datamodules.sources.mnist_idx import DATASETS as MNIST_LIKE
 from stride.errors import StrideError
+from stride.pipelines.arguments import non_negative_int, open_fraction, positive_int
 
 BUILTIN = ("digits", "patches", "faces", "shapes-captions")
 USER_FILES = ("sequences",)
@@ -26,21 +27,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="folder with the official raw files (MNIST-format, CIFAR, SVHN), an "
                         "official CIFAR .tar.gz, or the .npz file of labelled sequences (sequences)")
     parser.add_argument("--out", required=True, help="output dataset folder (shards + manifest.json)")
-    parser.add_argument("--val-size", type=int, help="validation images split off the training set "
+    parser.add_argument("--val-size", type=positive_int, help="validation images split off the training set "
                         "(default: 5000 for MNIST-format, CIFAR and coco-captions, 6000 for SVHN, 180 for digits, 1000 for "
                         "patches and wider-face, 40 for faces, 250 for shapes-captions)")
-    parser.add_argument("--test-size", type=int, help="test images (digits: default 360; patches: 1000)")
-    parser.add_argument("--train-size", type=int, default=5000, help="training images (patches only; default 5000)")
+    parser.add_argument("--test-size", type=positive_int, help="test images (digits: default 360; patches: 1000)")
+    parser.add_argument("--train-size", type=positive_int, default=5000,
+                        help="training images (patches only; default 5000)")
     parser.add_argument("--label-set", choices=("fine", "coarse"), help="cifar100: the 100 fine classes (default) "
                         "or the 20 coarse superclasses")
     parser.add_argument("--svhn-extra", action="store_true", help="svhn: add extra_32x32.mat to the training split")
-    parser.add_argument("--image-size", type=int, default=28, help="digits only: side in pixels (28 like MNIST; "
-                        "8 keeps the native resolution, 64-step sequences)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="sequences: validation share when the "
+    parser.add_argument("--image-size", type=positive_int, default=28, help="digits only: side in pixels (28 like "
+                        "MNIST; 8 keeps the native resolution, 64-step sequences)")
+    parser.add_argument("--val-fraction", type=open_fraction, default=0.1, help="sequences: validation share when the "
                         "file has no explicit splits")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="sequences: test share likewise")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the deterministic splits")
-    parser.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
+    parser.add_argument("--test-fraction", type=open_fraction, default=0.2, help="sequences: test share likewise")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the deterministic splits")
+    parser.add_argument("--shard-size", type=positive_int, default=5000, help="samples per shard")
     parser.add_argument("--encoding", choices=ENCODINGS, default="png",
                         help="png: small; npy: fastest to decode")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
@@ -50,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "FACE layout with _bbx_gt.txt and evaluation .mat files; COCO captions layout)")
     parser.add_argument("--karpathy-split", help="coco-captions: Karpathy's dataset_coco.json decides the splits "
                         "(train + restval, val, test) instead of the official train/val files")
-    parser.add_argument("--min-count", type=int, default=5, help="coco-captions, shapes-captions: keep words seen "
-                        "more than this many times in the training captions (default 5, as in the study)")
+    parser.add_argument("--min-count", type=non_negative_int, default=5, help="coco-captions, shapes-captions: keep "
+                        "words seen more than this many times in the training captions (default 5, as in the study)")
     parser.add_argument("--download", action="store_true",
                         help="fetch the official files into --source first (needs network)")
 
@@ -148,8 +150,6 @@ def run(args: argparse.Namespace) -> int:
         raise StrideError(f"--raw-out is for faces and shapes-captions, not {args.dataset}")
     if args.karpathy_split and args.dataset != "coco-captions":
         raise StrideError(f"--karpathy-split is for coco-captions, not {args.dataset}")
-    if args.min_count < 0:
-        raise StrideError(f"--min-count must be >= 0, got {args.min_count}")
     manifest = PREPARERS[args.dataset](args, common)
     sizes = ", ".join(f"{name} {split.num_samples}" for name, split in manifest.splits.items())
     print(f"wrote {args.out}: {manifest.dataset} ({sizes}; {sum(len(s.shards) for s in manifest.splits.values())} "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from stride.pipelines.arguments import add_tracking_argument
+from stride.pipelines.arguments import add_tracking_argument, non_negative_number
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -24,13 +24,13 @@ def register(commands: argparse._SubParsersAction) -> None:
                              "metric's last value (default: the task's, val_acc for classification)")
     parser.add_argument("--mode", choices=("max", "min"), help="whether higher or lower --metric wins (default: the "
                         "task's)")
-    parser.add_argument("--min-delta", type=float, default=0.0,
+    parser.add_argument("--min-delta", type=non_negative_number, default=0.0,
                         help="how much better the challenger must test than the champion (default 0: any gain)")
     parser.add_argument("--force", action="store_true", help="promote even if the gate refuses (recorded as forced)")
     parser.add_argument("--alias", default="champion", help="alias to move (the old holder gets 'previous')")
     parser.add_argument("--data", help="dataset folder to evaluate on, if it moved since training (its manifest "
                                        "sha256 must match the run's)")
-    parser.add_argument("--lock-timeout", type=float, default=120.0, metavar="SECONDS",
+    parser.add_argument("--lock-timeout", type=non_negative_number, default=120.0, metavar="SECONDS",
                         help="how long to wait for a concurrent promotion of the same model")
     add_tracking_argument(parser)
     parser.set_defaults(handler=run)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stride.pipelines.arguments import add_config_arguments, add_ray_arguments, add_tracking_argument, config_from_args
+from stride.pipelines.arguments import (add_config_arguments, add_ray_arguments, add_tracking_argument,
+                                         config_from_args, non_negative_number, positive_int, positive_number)
 
 if TYPE_CHECKING:  # the heavy imports happen in the handlers, so `stride --help` stays fast
     from stride.config.schema import StrideConfig
@@ -21,10 +22,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="train one config and record it in MLflow")
     add_config_arguments(parser)
     add_tracking_argument(parser)
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=positive_int, default=1,
                         help="N > 1: DDP over N Ray Train workers (embedded Ray, or --address)")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--cpus-per-worker", type=positive_number, default=1.0)
+    parser.add_argument("--gpus-per-worker", type=non_negative_number, default=0.0)
     add_ray_arguments(parser)
     parser.set_defaults(handler=run_command)
 

@@ -43,12 +43,12 @@ def tiny_spec(tmp_path: Path, digits_shards: Path, experiment: str, **fields) ->
     return str(path)
 
 
-def driver_with_a_finished_trial(spec: str, name: str, experiment: str, uri: str, tmp_path: Path):
+def driver_with_a_finished_trial(spec: str, name: str, experiment: str, uri: str, tmp_path: Path, **popen):
     """`stride tune` in its own process, returned once one of its trials has finished (with that run)."""
     driver = subprocess.Popen(
         [sys.executable, "-m", "stride.pipelines.cli", "tune", "--config", spec, "--name", name,
          "--storage", str(tmp_path / "ray"), "--tracking-uri", uri],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
     client = mlflow.MlflowClient(uri)
     deadline = time.monotonic() + 240
     finished = []
@@ -177,7 +177,7 @@ def test_interrupted_search_resumes_without_rerunning_or_duplicating(local_ray, 
     assert client.get_run(search_id).info.status == "KILLED"
     assert all(r.info.status != "RUNNING" for r in children(mlflow_server, search_id))
 
-    result = resume_search("interrupted", storage=str(tmp_path / "ray"), verbose=0)
+    result = resume_search("interrupted", storage=str(tmp_path / "ray"), verbose=0, tracking_uri=mlflow_server)
     assert result.parent_run_id == search_id and not result.interrupted
     runs = children(mlflow_server, search_id)
     assert len(runs) == 3 and len({r.data.tags[TRIAL_ID_TAG] for r in runs}) == 3
@@ -244,7 +244,7 @@ def test_resume_refuses_state_that_was_changed_and_runs_nothing(local_ray, mlflo
     (state / planted).write_bytes(pickle.dumps(Exploit(marker)))
     kind = "changed" if planted == "tuner.pkl" else "unknown"
     with pytest.raises(StrideError, match=rf"not what stride recorded \({kind}: {planted}\); .*nothing was loaded"):
-        resume_search("planted", storage=str(tmp_path / "ray"), verbose=0)
+        resume_search("planted", storage=str(tmp_path / "ray"), verbose=0, tracking_uri=mlflow_server)
     assert not marker.exists()
 
 
@@ -286,11 +286,74 @@ def test_a_search_driver_killed_with_sigkill_resumes_without_duplicates(local_ra
     driver.kill()
     driver.communicate(timeout=60)
     with pytest.raises(StrideError, match="holds no digests of its saved state .* --trust-storage"):
-        resume_search("killed", storage=str(tmp_path / "ray"), verbose=0)
-    result = resume_search("killed", storage=str(tmp_path / "ray"), verbose=0, trust_storage=True)
+        resume_search("killed", storage=str(tmp_path / "ray"), verbose=0, tracking_uri=mlflow_server)
+    result = resume_search("killed", storage=str(tmp_path / "ray"), verbose=0, tracking_uri=mlflow_server,
+                           trust_storage=True)
     search_id = finished[0].data.tags[SEARCH_ID_TAG]
     runs = children(mlflow_server, search_id)
     assert len(runs) == 3 and len({r.data.tags[TRIAL_ID_TAG] for r in runs}) == 3  # zero duplicates
     assert {r.info.status for r in runs} == {"FINISHED"} and len(result.rows) == 3
     assert all(row["status"] == "completed" for row in result.rows)
 
+
+def test_a_search_driver_stopped_with_sigterm_records_its_state_and_says_how_to_resume(local_ray, mlflow_server,
+                                                                                      digits_shards, tmp_path):
+    """SIGTERM as `timeout`, Slurm and systemd send it: to the driver's whole process group, Ray's own processes
+    included. The runs end KILLED, the state's digests are recorded (no --trust-storage needed), the driver says
+    how to resume and exits 143. A resume then reads every trial checkpoint as weights before starting anything."""
+    import pickle
+
+    from stride.tuning.integrity import DIGESTS_TAG, verify_state
+
+    spec = tiny_spec(tmp_path, digits_shards, "sigterm")
+    driver, finished = driver_with_a_finished_trial(spec, "terminated", "sigterm", mlflow_server, tmp_path,
+                                                    start_new_session=True)
+    os.killpg(driver.pid, signal.SIGTERM)
+    output = driver.communicate(timeout=120)[0]
+    assert driver.returncode == 143, output[-3000:]
+    assert "SIGTERM received" not in output  # Ray's crash handler's stack dump
+    assert (f"continue with: stride tune --resume terminated --storage {tmp_path / 'ray'} --tracking-uri "
+            f"{mlflow_server}") in output and "stride tune: stopped by SIGTERM" in output
+    search_id = finished[0].data.tags[SEARCH_ID_TAG]
+    parent = mlflow.MlflowClient(mlflow_server).get_run(search_id)
+    assert parent.info.status == "KILLED" and DIGESTS_TAG in parent.data.tags
+    assert all(r.info.status != "RUNNING" for r in children(mlflow_server, search_id))
+    verify_state(mlflow_server, search_id, str(tmp_path / "ray"), "terminated")  # what --resume checks first
+
+    marker = tmp_path / "code-ran"
+    checkpoint = sorted((tmp_path / "ray" / "terminated").rglob("checkpoint.ckpt"))[-1]
+    checkpoint.write_bytes(pickle.dumps(Exploit(marker)))
+    with pytest.raises(StrideError, match=rf"checkpoint {checkpoint} cannot be loaded as stride weights: .*"
+                                          r"nothing was loaded from it"):
+        resume_search("terminated", storage=str(tmp_path / "ray"), verbose=0, tracking_uri=mlflow_server)
+    assert not marker.exists()
+
+
+def test_a_trial_that_meets_a_checkpoint_that_is_not_weights_fails_the_search(local_ray, mlflow_server, digits_shards,
+                                                                               tmp_path):
+    """A checkpoint replaced while the search runs: the restarted trial refuses it, and the search fails with
+    that one message instead of finishing without the trial."""
+    import pickle
+
+    import pytorch_lightning as pl
+
+    marker, state = tmp_path / "code-ran", tmp_path / "ray" / "poisoned"
+    poison = pickle.dumps(Exploit(marker))
+
+    class PoisonCheckpointsAndCrash(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                for checkpoint in state.rglob("checkpoint.ckpt"):
+                    checkpoint.write_bytes(poison)
+                os._exit(1)  # Tune restarts the trial from its (now poisoned) epoch-0 checkpoint
+
+    spec = tiny_spec(tmp_path, digits_shards, "poisoned", space={"optim.lr": {"choice": [0.05]}}, max_failures=1)
+    with pytest.raises(StrideError, match=r"search poisoned: 1 trial\(s\) refused a checkpoint; checkpoint .*"
+                                          r"cannot be loaded as stride weights"):
+        run_search(spec, tracking_uri=mlflow_server, storage=str(tmp_path / "ray"), name="poisoned",
+                   extra_callbacks=[PoisonCheckpointsAndCrash()], verbose=0)
+    assert not marker.exists()
+    [parent] = mlflow.MlflowClient(mlflow_server).search_runs(
+        [mlflow.MlflowClient(mlflow_server).get_experiment_by_name("poisoned").experiment_id],
+        filter_string="tags.`stride.kind` = 'search'")
+    assert parent.info.status == "FAILED"

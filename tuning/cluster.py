@@ -11,7 +11,9 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -35,7 +37,7 @@ class TrialResources:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise StrideError(f"--workers-per-trial must be at least 1, got {self.workers}")
-        if self.cpus <= 0 or self.gpus < 0:
+        if not (math.isfinite(self.cpus) and self.cpus > 0 and math.isfinite(self.gpus) and self.gpus >= 0):
             raise StrideError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got {self.cpus}, {self.gpus}")
         per_worker = self.gpus / self.workers
         if per_worker > 1 and not per_worker.is_integer():
@@ -87,6 +89,7 @@ def check_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 QUIET_TUNE_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # the new reporter prints its configuration box at any verbosity; the old, nothing at 0
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # a warning per checkpoint burst of short trials
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",  # a traceback per failed attempt; stride prints a line per failed trial
 }
 QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)  # "token authentication is enabled"
 
@@ -123,11 +126,35 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, state_ap
                                                          "_node_ip_address": LOOPBACK}
     kwargs.update(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
     try:
-        with contextlib.nullcontext() if address else loopback_node():
+        with contextlib.nullcontext() if address else loopback_node(), own_sigterm_handler():
             ray.init(**kwargs)
     except (ConnectionError, TimeoutError, RuntimeError) as err:
         raise StrideError(f"cannot connect to the Ray cluster at {address or 'a new local instance'}: {err}") from None
     return True
+
+
+@contextmanager
+def own_sigterm_handler() -> Iterator[None]:
+    """Keep the process's SIGTERM handler across `ray.init`.
+
+    `ray.init` replaces it twice: with a Python handler that calls `sys.exit(15)`, and in its core
+    worker with a crash handler that dumps the stack and aborts (exit 134). Either way a
+    terminated driver would skip what a stopped search must do (record its state, close its
+    runs); the handler it had (stride's, which stops the command like Ctrl-C) is put back, and a
+    SIGTERM that came while Ray was starting is handed to it.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    except SystemExit as stop:
+        if stop.code == signal.SIGTERM and callable(previous):
+            previous(signal.SIGTERM, None)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 LOOPBACK = "127.0.0.1"

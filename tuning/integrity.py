@@ -7,7 +7,10 @@ resume. So whenever a search stops (finished, interrupted, crashed), stride hash
 state file Ray may unpickle and records the digests on the search's MLflow parent run: the
 list as an artifact, its own sha256 as a tag. `--resume` recomputes them and refuses to
 load anything when a file changed, appeared or is missing. Checkpoints are not listed:
-the training core reads them with `torch.load(weights_only=True)`.
+the training core reads them with `torch.load(weights_only=True)`, which refuses anything but
+weights; a resume reads every one of a local folder that way before Ray starts, and a trial
+that meets one anyway (a checkpoint replaced while the search ran) fails with `CheckpointRefused`,
+which fails the search instead of letting it go on without the trial.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import json
 import tempfile
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stride.errors import StrideError
+from stride.training.checkpoints import read_checkpoint
 
 DIGESTS_ARTIFACT = "search_state_sha256.json"
 DIGESTS_TAG = "stride.state_sha256"
@@ -70,15 +75,18 @@ def record_state(uri: str, parent_run_id: str, storage: str, name: str) -> None:
 def verify_state(uri: str, parent_run_id: str, storage: str, name: str) -> None:
     """Raise, naming the files, unless the saved state is exactly what this search recorded."""
     client = MlflowClient(uri)
-    expected_sha = client.get_run(parent_run_id).data.tags.get(DIGESTS_TAG)
     where = f"{storage}/{name}"
-    if not expected_sha:
-        raise StrideError(f"{where}: the search's MLflow run {parent_run_id} holds no digests of its saved state "
-                          "(its driver was killed before it could record them), so stride will not load that "
-                          "state; pass --trust-storage if nobody else can write to this folder")
-    with tempfile.TemporaryDirectory() as tmp:
-        recorded_path = client.download_artifacts(parent_run_id, DIGESTS_ARTIFACT, tmp)
-        recorded_bytes = Path(recorded_path).read_bytes()
+    try:
+        expected_sha = client.get_run(parent_run_id).data.tags.get(DIGESTS_TAG)
+        if not expected_sha:
+            raise StrideError(f"{where}: the search's MLflow run {parent_run_id} holds no digests of its saved state "
+                              "(its driver was killed before it could record them), so stride will not load that "
+                              "state; pass --trust-storage if nobody else can write to this folder")
+        with tempfile.TemporaryDirectory() as tmp:
+            recorded_bytes = Path(client.download_artifacts(parent_run_id, DIGESTS_ARTIFACT, tmp)).read_bytes()
+    except MlflowException as err:
+        raise StrideError(f"{where}: the digests of its saved state cannot be read from MLflow run {parent_run_id} "
+                          f"at {uri} ({err.message}); nothing was loaded") from None
     if hashlib.sha256(recorded_bytes).hexdigest() != expected_sha:
         raise StrideError(f"{where}: the recorded digests of run {parent_run_id} were altered; refusing to resume")
     recorded = json.loads(recorded_bytes)
@@ -91,3 +99,24 @@ def verify_state(uri: str, parent_run_id: str, storage: str, name: str) -> None:
         raise StrideError(f"{where}: the saved search state is not what stride recorded ({problems}); it would be "
                           "unpickled on resume, so nothing was loaded. Pass --trust-storage only if you know why "
                           "it changed")
+
+
+class CheckpointRefused(StrideError):
+    """A trial checkpoint that `torch.load(weights_only=True)` refuses: not stride's weights."""
+
+
+def refuse_unloadable(path: str) -> None:
+    """Raise `CheckpointRefused` unless the checkpoint at `path` loads as weights (tensors stay on disk)."""
+    try:
+        read_checkpoint(path, mmap=True)
+    except StrideError as err:
+        raise CheckpointRefused(f"{err} (not weights that stride wrote; nothing was loaded from it)") from None
+
+
+def refuse_unloadable_checkpoints(storage: str, name: str) -> None:
+    """Before a resume starts anything: every trial checkpoint of a local search folder loads as weights.
+    (A folder on a bucket is left to the trials, which refuse such a checkpoint the same way.)"""
+    if "://" in storage:
+        return
+    for path in sorted(p for suffix in CHECKPOINT_SUFFIXES for p in Path(storage, name).rglob(f"*{suffix}")):
+        refuse_unloadable(str(path))

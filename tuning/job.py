@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 from stride.config.schema import StrideConfig
 from stride.tracking.run import MlflowRun
 from stride.training import Launch, train
+from stride.tuning.integrity import refuse_unloadable
 from stride.tuning.runs import RUN_KEY_TAG, find_run
 
 TUNE_CHECKPOINT_FILE = "checkpoint.ckpt"
@@ -66,6 +67,7 @@ def train_in_ray(job: TrainingJob, *, distributed: bool) -> None:
     with contextlib.ExitStack() as stack:
         if checkpoint is not None:
             launch.resume_checkpoint = os.path.join(stack.enter_context(checkpoint.as_directory()), filename)
+            refuse_unloadable(launch.resume_checkpoint)  # before its run is reopened
         callbacks, loggers = [report, *job.extra_callbacks], []
         if rank == 0:
             run = stack.enter_context(MlflowRun(

@@ -20,6 +20,7 @@ from stride.tracking.store import ensure_experiment
 
 RUN_KEY_TAG = "stride.run_key"
 SEARCH_ID_TAG = "stride.search_id"
+SEARCH_NAME_TAG = "stride.search_name"
 TRIAL_ID_TAG = "stride.trial_id"
 
 
@@ -39,7 +40,7 @@ def start_parent(uri: str, experiment: str, name: str, spec: dict, space: dict[s
     client = MlflowClient(uri)
     run = client.create_run(ensure_experiment(uri, experiment), run_name=name,
                             tags={"stride.version": __version__, "stride.kind": "search",
-                                  "stride.search_spec": spec["name"], "stride.search_name": name})
+                                  "stride.search_spec": spec["name"], SEARCH_NAME_TAG: name})
     run_id = run.info.run_id
     client.set_tag(run_id, SEARCH_ID_TAG, run_id)
     settings = {k: v for k, v in spec.items() if k not in ("space", "overrides", "scheduler")}
@@ -48,6 +49,22 @@ def start_parent(uri: str, experiment: str, name: str, spec: dict, space: dict[s
     client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
     client.log_text(run_id, yaml.safe_dump(spec, sort_keys=False), "search_spec.yaml")
     return run_id
+
+
+def parents_named(uri: str, name: str) -> list[str]:
+    """Ids of the parent runs of the searches called `name` in this tracking store, in any experiment."""
+    client = MlflowClient(uri)
+    experiments, token = [], None
+    while True:
+        page = client.search_experiments(page_token=token)
+        experiments += [e.experiment_id for e in page]
+        if not (token := page.token):
+            break
+    if not experiments:
+        return []
+    quote = "'" if "'" not in name else '"'  # MLflow's filter strings have no escapes
+    named = f"tags.`stride.kind` = 'search' and tags.`{SEARCH_NAME_TAG}` = {quote}{name}{quote}"
+    return [run.info.run_id for run in client.search_runs(experiments, named, max_results=100)]
 
 
 def reopen_parent(uri: str, run_id: str) -> None:

@@ -2,7 +2,8 @@
 
 The experiment folder (`STORAGE/NAME/`) holds Tune's state plus `stride_search.json`
 (resolved spec, tracking URI, resources, parent run id), so `--resume NAME` continues the
-same search into the same parent run.
+same search into the same parent run. The folder is not trusted: the resume finds that run by
+the search's name in the user's tracking store and checks the folder against its digests.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from stride.tracking.store import check_reachable, ensure_experiment, resolve_tr
 from stride.training import open_datamodule
 from stride.tuning import leaderboard, runs
 from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
-from stride.tuning.integrity import record_state, verify_state
+from stride.tuning.integrity import CheckpointRefused, record_state, refuse_unloadable_checkpoints, verify_state
 from stride.tuning.space import TIME_ATTR
 from stride.tuning.spec import ResolvedSearch, applicable_params, load_search, trial_count
 
@@ -129,8 +130,8 @@ def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tra
             tuner = _tuner(search, uri, parent, resources, storage, name, concurrency, extra_callbacks, verbose,
                            tune_callbacks)
             return _finish(tuner.fit(), search, uri, parent, name, storage, started)
-    except BaseException:
-        _close_after_crash(uri, parent, storage, name)
+    except BaseException as stop:
+        _close_after_stop(uri, parent, storage, name, stop)
         raise
 
 
@@ -154,19 +155,23 @@ def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | N
     their checkpoints, in the same MLflow parent and child runs.
 
     The saved state is unpickled by Ray, so it is first checked against the digests the search
-    recorded in its MLflow parent run (`tuning.integrity`); `tracking_uri` pins the server that
-    holds them (default: the one the search's record names); `trust_storage` skips the check."""
+    recorded in its MLflow parent run (`tuning.integrity`). That run is looked up by the search's
+    name in the user's tracking store (`tracking_uri`, else $MLFLOW_TRACKING_URI, else ./mlruns.db),
+    never in one the storage folder names: whoever can write the folder could name a store of their
+    own. `trust_storage` skips the digests, not the lookup."""
     started = time.perf_counter()
     storage = storage_root(storage)
     record = read_record(storage, plain_name(name, "--resume"))
     if record is None:
         raise StrideError(f"no search {name!r} in {storage} (searches there: "
                           f"{', '.join(list_searches(storage)) or 'none'}; pass --storage if it lives elsewhere)")
-    search = ResolvedSearch.from_dict(record["search"])  # JSON: read without unpickling
-    uri, parent = tracking_uri or record["tracking_uri"], record["parent_run_id"]
+    uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
+    parent = _recorded_parent(uri, storage, name, record.get("parent_run_id"))
     if not trust_storage:
         verify_state(uri, parent, storage, name)
+    refuse_unloadable_checkpoints(storage, name)
+    search = ResolvedSearch.from_dict(record["search"])  # JSON, and verified: read without unpickling
     resources = TrialResources(**record["resources"])
     check_datasets(search)
     try:
@@ -179,9 +184,24 @@ def resume_search(name: str, *, storage: str = DEFAULT_STORAGE, address: str | N
             tuner = tune.Tuner.restore(f"{storage}/{name}", trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
             return _finish(tuner.fit(), search, uri, parent, name, storage, started)
-    except BaseException:
-        _close_after_crash(uri, parent, storage, name)
+    except BaseException as stop:
+        _close_after_stop(uri, parent, storage, name, stop)
         raise
+
+
+def _recorded_parent(uri: str, storage: str, name: str, recorded: str | None) -> str:
+    """The search's parent run, found by name in the user's tracking store; the folder's record only picks
+    among that store's searches of the name (one per storage folder)."""
+    found = runs.parents_named(uri, name)
+    if not found:
+        raise StrideError(f"no search named {name!r} in the MLflow tracking store {uri}; resume with the "
+                          "--tracking-uri (or $MLFLOW_TRACKING_URI) the search was tracked in. stride does not take "
+                          "it from the storage folder, which others may be able to write")
+    if recorded not in found:
+        raise StrideError(f"{storage}/{name}/{META_FILE} names MLflow run {recorded}, which is not a search named "
+                          f"{name!r} in {uri} (those are: {', '.join(found)}); the folder does not belong to this "
+                          "store or was altered, so nothing was loaded")
+    return recorded
 
 
 def _trainable(search, uri, parent, resources, storage, name, extra_callbacks):
@@ -244,9 +264,18 @@ def _callbacks(search: ResolvedSearch, uri: str, parent: str, verbose: bool) -> 
     return callbacks
 
 
-def _close_after_crash(uri: str, parent: str | None, storage: str, name: str) -> None:
-    """The driver is going down (Ctrl-C, an error): leave no run RUNNING (--resume reopens them) and
-    record the digests of the state Tune saved, so a resume can trust it."""
+class SearchStopped(KeyboardInterrupt):
+    """A signal stopped the search before Tune finished it; its state is saved and recorded for `--resume`."""
+
+    def __init__(self, name: str, storage: str, tracking_uri: str):
+        super().__init__(name)
+        self.name, self.storage, self.tracking_uri = name, storage, tracking_uri
+
+
+def _close_after_stop(uri: str, parent: str | None, storage: str, name: str, stop: BaseException) -> None:
+    """The driver is going down (a signal, an error): leave no run RUNNING (--resume reopens them) and
+    record the digests of the state Tune saved, so a resume can trust it. A stop by a signal becomes
+    `SearchStopped`, which says how to resume."""
     if parent is None:
         return
     try:
@@ -256,6 +285,8 @@ def _close_after_crash(uri: str, parent: str | None, storage: str, name: str) ->
             MlflowClient(uri).set_terminated(parent, "KILLED")
     except Exception:  # the tracking server may be what failed; the original error matters more
         pass
+    if isinstance(stop, KeyboardInterrupt) and not isinstance(stop, SearchStopped):
+        raise SearchStopped(name, storage, uri) from stop
 
 
 def _rows(results, search: ResolvedSearch, children: dict, client: MlflowClient) -> list[dict[str, Any]]:
@@ -284,6 +315,12 @@ def _rows(results, search: ResolvedSearch, children: dict, client: MlflowClient)
             row.update({k: v for k, v in run.data.metrics.items() if k in ("test_acc", "test_loss")})
         rows.append(row)
     return leaderboard.rank_rows(rows, spec.metric, spec.mode)
+
+
+def _refused_trials(results) -> list[str]:
+    """What each trial that met a checkpoint that is not stride's weights said about it."""
+    errors = [getattr(r.error, "cause", r.error) for r in results]  # Ray wraps a trial's exception
+    return [str(error) for error in errors if isinstance(error, CheckpointRefused)]
 
 
 def _interrupted(experiment_path: str) -> bool:
@@ -316,7 +353,10 @@ def _finish(results, search: ResolvedSearch, uri: str, parent: str, name: str, s
         if best["run_id"]:
             client.set_tag(parent, "stride.best_run_id", best["run_id"])
     runs.close_children(uri, parent, "KILLED")
-    client.set_terminated(parent, "KILLED" if interrupted else "FINISHED")
+    refused = _refused_trials(results)
+    client.set_terminated(parent, "FAILED" if refused else "KILLED" if interrupted else "FINISHED")
+    if refused:
+        raise StrideError(f"search {name}: {len(refused)} trial(s) refused a checkpoint; {refused[0]}")
     return SearchResult(name, f"{storage}/{name}", parent, uri, spec.metric,
                         best["trial_id"] if best else None, best["run_id"] if best else None,
                         best[spec.metric] if best else None, rows, header, time.perf_counter() - started,
