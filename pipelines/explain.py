@@ -38,7 +38,7 @@ class ExplainedFile:
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "explain", help="class activation maps and weakly supervised boxes for image (PNG/JPEG) or .npy files",
+        "explain", help="class activation maps and weakly supervised boxes for image (PNG/JPEG/TIFF) or .npy files",
         description="For networks whose scores are a global average pool of feature maps followed by one linear "
                     "layer, or a class convolution + global average pool: writes one PNG per file with the map of "
                     "each of the top classes over the image (read as `stride predict` reads it) and the smallest "

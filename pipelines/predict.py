@@ -9,11 +9,12 @@ from stride.pipelines.arguments import add_image_output_arguments
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("predict", help="classes, faces or a caption for image (PNG/JPEG) or .npy files",
+    parser = commands.add_parser("predict", help="classes, faces or a caption for image (PNG/JPEG/TIFF) or .npy files",
                                  description="Images of any size are converted as the training data were "
                                              "(grayscale or RGB per the model's channels, resized (letterboxed "
-                                             "for detectors) to its H x W, scaled to [0, 1]); .npy arrays must "
-                                             "have the model's input shape.")
+                                             "for detectors) to its H x W, scaled to [0, 1] by their bit depth, "
+                                             "transparency over black); .npy arrays must have the model's input "
+                                             "shape.")
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, "
                                                         "models:/m-<id> or runs:/RUN_ID/model")

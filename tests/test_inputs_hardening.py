@@ -1,0 +1,140 @@
+"""Users' files as `stride predict` and `explain` read them (issue 27): every image mode Pillow hands back
+scaled by its own depth, and decoders picked by suffix only."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import EpsImagePlugin, Image
+
+from stride.errors import StrideError
+from stride.tasks import TensorSpec, get_task
+
+
+def read(path: Path, shape: tuple[int, ...], task: str = "classification") -> np.ndarray:
+    return get_task(task).read_input(path, TensorSpec(shape))
+
+
+def saved(image: Image.Image, path: Path, **options) -> Path:
+    image.save(path, **options)
+    return path
+
+
+# -- every mode, scaled by its depth -------------------------------------------------------------------
+
+def test_a_16_bit_png_is_scaled_by_its_depth_not_clipped(tmp_path):
+    stored = np.random.default_rng(0).integers(0, 65536, (32, 32), dtype=np.uint16)
+    path = saved(Image.fromarray(stored), tmp_path / "deep.png")
+    with Image.open(path) as image:
+        assert image.mode == "I;16"
+    np.testing.assert_allclose(read(path, (1, 32, 32))[0], stored / 65535, atol=1e-6)
+    colour = read(path, (3, 32, 32))
+    np.testing.assert_array_equal(colour[0], colour[2])
+    assert abs(read(path, (1, 8, 8)).mean() - stored.mean() / 65535) < 0.01  # resized: the mean stays, no 0.996
+
+
+def p_with_a_transparent_entry(path: Path) -> tuple[Path, np.ndarray]:
+    image = Image.fromarray(np.array([[0, 1], [2, 0]], dtype=np.uint8), mode="P")
+    image.putpalette([255, 0, 0, 0, 0, 255, 10, 20, 30])
+    expected = np.array([[[255, 0, 0], [0, 0, 0]], [[10, 20, 30], [255, 0, 0]]]) / 255  # entry 1: transparent
+    return saved(image, path.with_suffix(".png"), transparency=1), expected.transpose(2, 0, 1)
+
+
+def la(path: Path) -> tuple[Path, np.ndarray]:
+    grey, alpha = np.array([[200, 90]], dtype=np.uint8), np.array([[128, 255]], dtype=np.uint8)
+    image = Image.merge("LA", [Image.fromarray(grey), Image.fromarray(alpha)])
+    return saved(image, path.with_suffix(".png")), (grey * (alpha / 255) / 255)[None]
+
+
+def rgba(path: Path) -> tuple[Path, np.ndarray]:
+    pixels = np.array([[[200, 100, 50, 128], [10, 20, 30, 0], [1, 2, 3, 255]]], dtype=np.uint8)
+    expected = pixels[..., :3] * (pixels[..., 3:] / 255) / 255
+    return saved(Image.fromarray(pixels, mode="RGBA"), path.with_suffix(".png")), expected.transpose(2, 0, 1)
+
+
+def cmyk_tiff(path: Path) -> tuple[Path, np.ndarray]:
+    inks = np.array([[[10, 20, 30, 40], [0, 0, 0, 0], [255, 0, 128, 0]]], dtype=np.uint8)
+    expected = (1 - inks[..., :3] / 255) * (1 - inks[..., 3:] / 255)  # each ink darkens, black darkens all
+    return saved(Image.fromarray(inks, mode="CMYK"), path.with_suffix(".tif")), expected.transpose(2, 0, 1)
+
+
+def sixteen_bit_tiff(path: Path) -> tuple[Path, np.ndarray]:
+    stored = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    return saved(Image.fromarray(stored), path.with_suffix(".tiff")), (stored / 65535)[None]
+
+
+def float_tiff(path: Path) -> tuple[Path, np.ndarray]:
+    stored = np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32)
+    return saved(Image.fromarray(stored), path.with_suffix(".tif")), stored[None]
+
+
+def eight_bit_grey(path: Path) -> tuple[Path, np.ndarray]:
+    stored = np.array([[0, 128, 255]], dtype=np.uint8)
+    return saved(Image.fromarray(stored), path.with_suffix(".png")), (stored / 255)[None]
+
+
+@pytest.mark.parametrize("make, mode", [(p_with_a_transparent_entry, "P"), (la, "LA"), (rgba, "RGBA"),
+                                        (cmyk_tiff, "CMYK"), (sixteen_bit_tiff, "I;16"), (float_tiff, "F"),
+                                        (eight_bit_grey, "L")])
+def test_every_mode_becomes_the_hand_computed_tensor(tmp_path, make, mode):
+    path, expected = make(tmp_path / "image")
+    with Image.open(path) as image:
+        assert image.mode == mode  # what Pillow hands back, so each branch is the one tested
+    tolerance = 1e-6 if mode in ("I;16", "F", "L") else 1.01 / 255  # 8-bit compositing rounds to a level
+    np.testing.assert_allclose(read(path, expected.shape), expected, atol=tolerance)
+
+
+@pytest.mark.parametrize("stored, refusal", [
+    (np.array([[0.5, 2.5]], dtype=np.float32), r"float pixels range over \[0.5, 2.5\]"),
+    (np.array([[0.5, np.nan]], dtype=np.float32), "float pixels include NaN or infinity"),
+    (np.array([[7, 70000]], dtype=np.int32), r"32-bit integer pixels \(mode I\) have no known white level")])
+def test_pixels_without_a_known_scale_are_refused_naming_the_file(tmp_path, stored, refusal):
+    path = saved(Image.fromarray(stored), tmp_path / "odd.tif")
+    with pytest.raises(StrideError, match=rf"{path}: {refusal}"):
+        read(path, (1, 1, 2))
+
+
+@pytest.mark.parametrize("task, shape", [("classification", (3, 16, 16)), ("detection", (3, 16, 16)),
+                                         ("captioning", (3, 16, 16))])
+def test_every_task_reads_images_through_the_same_reader(tmp_path, task, shape):
+    stored = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 251)
+    path = saved(Image.fromarray(stored), tmp_path / "deep.png")
+    np.testing.assert_allclose(read(path, shape, task), np.repeat((stored / 65535)[None], 3, axis=0), atol=1e-6)
+
+
+# -- decoders chosen by suffix -------------------------------------------------------------------------
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
+       b"0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n")
+
+
+@pytest.mark.parametrize("task", ["classification", "detection", "captioning"])
+def test_an_eps_named_png_is_refused_without_ghostscript(tmp_path, monkeypatch, task):
+    started = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: started.append(args))
+    path = tmp_path / "photo.png"
+    path.write_bytes(EPS)
+    with pytest.raises(StrideError, match=f"{path}: not a readable PNG image"):
+        read(path, (3, 16, 16), task)
+    assert not started
+
+
+@pytest.mark.parametrize("content, suffix, decoder", [("PNG", ".jpg", "JPEG"), ("PNG", ".tif", "TIFF"),
+                                                      ("TIFF", ".png", "PNG"), ("BMP", ".jpeg", "JPEG")])
+def test_an_image_is_decoded_only_as_its_suffix_says(tmp_path, content, suffix, decoder):
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4), 9).save(buffer, format=content)
+    path = tmp_path / f"image{suffix}"
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(StrideError, match=f"{path}: not a readable {decoder} image"):
+        read(path, (1, 4, 4))
+
+
+def test_other_suffixes_are_refused_naming_the_accepted_ones(tmp_path):
+    path = saved(Image.new("L", (4, 4)), tmp_path / "image.bmp")
+    with pytest.raises(StrideError, match=r"unsupported file type \.bmp \(use \.png, \.jpg, \.jpeg, \.tif, \.tiff, "
+                                          r"\.npy\)"):
+        read(path, (1, 4, 4))
