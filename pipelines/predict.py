@@ -14,7 +14,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                                              "(grayscale or RGB per the model's channels, resized (letterboxed "
                                              "for detectors) to its H x W, scaled to [0, 1] by their bit depth, "
                                              "transparency over black); .npy arrays must have the model's input "
-                                             "shape.")
+                                             "shape and finite values.")
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, "
                                                         "models:/m-<id> or runs:/RUN_ID/model")

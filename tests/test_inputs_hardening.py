@@ -1,5 +1,5 @@
 """Users' files as `stride predict` and `explain` read them (issue 27): every image mode Pillow hands back
-scaled by its own depth, and decoders picked by suffix only."""
+scaled by its own depth, decoders picked by suffix only, and non-finite arrays."""
 
 from __future__ import annotations
 
@@ -137,4 +137,16 @@ def test_other_suffixes_are_refused_naming_the_accepted_ones(tmp_path):
     path = saved(Image.new("L", (4, 4)), tmp_path / "image.bmp")
     with pytest.raises(StrideError, match=r"unsupported file type \.bmp \(use \.png, \.jpg, \.jpeg, \.tif, \.tiff, "
                                           r"\.npy\)"):
+        read(path, (1, 4, 4))
+
+
+# -- arrays --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_npy_with_non_finite_values_is_refused_naming_the_file(tmp_path, bad):
+    array = np.zeros((1, 4, 4), dtype=np.float32)
+    array[0, 1, :2] = bad
+    path = tmp_path / "broken.npy"
+    np.save(path, array)
+    with pytest.raises(StrideError, match=f"{path}: array holds 2 NaN or infinite values"):
         read(path, (1, 4, 4))

@@ -157,7 +157,7 @@ class ClassificationTask(Task):
     def read_input(self, path: Path, inputs: TensorSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """Images of any size converted as the training data were (grey or RGB, resized bilinearly to the
         model's H x W, scaled to [0, 1] by their bit depth: stride.tasks.image_input); `.npy` arrays of the
-        model's input shape (uint8 scaled by 1/255 like stored image shards, floats used as they are)."""
+        model's input shape (uint8 scaled by 1/255 like stored image shards, finite floats used as they are)."""
         if path.suffix.lower() == ".npy":
             return read_array(path, inputs.shape)
         if is_image_file(path):
@@ -233,6 +233,9 @@ def read_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
         raise StrideError(f"{path}: array has shape {list(array.shape)}, the model expects {list(shape)}")
     if not np.issubdtype(array.dtype, np.number):
         raise StrideError(f"{path}: array dtype {array.dtype} is not numeric")
+    if not np.isfinite(array).all():
+        raise StrideError(f"{path}: array holds {np.count_nonzero(~np.isfinite(array))} NaN or infinite values; "
+                          "the model takes finite numbers")
     return array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
 
 
