@@ -58,12 +58,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stride.names import output_folder
     from stride.tasks.cam import DEFAULT_THRESHOLD
     from stride.text_table import align_columns
 
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     if args.top_k < 1:
         raise StrideError(f"--top-k must be at least 1, got {args.top_k}")
+    output_folder(args.out, "--out")
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             checkpoint, reference = logged_module(args.model, args.tracking_uri, Path(tmp))

@@ -28,10 +28,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stride.errors import StrideError
+    from stride.names import output_folder
     from stride.registry import predict_files
 
     if args.beam_size is not None and args.beam_size < 1:
         raise StrideError(f"--beam-size must be at least 1, got {args.beam_size}")
+    if args.out is not None:
+        output_folder(args.out, "--out")
     rows, table = predict_files(args.model, args.files, top_k=args.top_k, tracking_uri=args.tracking_uri,
                                 max_pixels=args.max_pixels, pictures=args.out,
                                 decoding=None if args.beam_size is None else {"beam_size": args.beam_size})

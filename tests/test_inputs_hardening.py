@@ -1,5 +1,5 @@
 """Users' files as `stride predict` and `explain` read them (issue 27): every image mode Pillow hands back
-scaled by its own depth, decoders picked by suffix only, and non-finite arrays."""
+scaled by its own depth, decoders picked by suffix only, non-finite arrays, and `--out` on a file."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from PIL import EpsImagePlugin, Image
 
 from stride.errors import StrideError
 from stride.tasks import TensorSpec, get_task
+from test_registry_support import stride
 
 
 def read(path: Path, shape: tuple[int, ...], task: str = "classification") -> np.ndarray:
@@ -150,3 +151,19 @@ def test_a_npy_with_non_finite_values_is_refused_naming_the_file(tmp_path, bad):
     np.save(path, array)
     with pytest.raises(StrideError, match=f"{path}: array holds 2 NaN or infinite values"):
         read(path, (1, 4, 4))
+
+
+# -- --out on a file -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
+@pytest.mark.parametrize("below", ["", "pictures"])
+def test_out_on_an_existing_file_is_refused_before_any_work(tmp_path, capsys, command, below):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep me")
+    out = taken / below if below else taken
+    image = saved(Image.new("L", (4, 4)), tmp_path / "image.png")
+    source = ["--model", "models:/absent/1"] if command == "predict" else ["--checkpoint", tmp_path / "absent.ckpt"]
+    code, _, err = stride(capsys, command, image, *source, "--out", out, "--tracking-uri", "http://127.0.0.1:9")
+    where = "is a file" if not below else f"is inside {taken}, which is a file"
+    assert code == 2 and f"stride: error: --out {out}: {where}" in err and "Traceback" not in err
+    assert taken.read_text() == "keep me"
