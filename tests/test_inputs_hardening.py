@@ -1,5 +1,6 @@
-"""Users' files as `stride predict` and `explain` read them (issue 27): every image mode Pillow hands back
-scaled by its own depth, decoders picked by suffix only, non-finite arrays, and `--out` on a file."""
+"""Users' files as `stride predict`, `explain` and `evaluate` read them (issue 27): every image mode Pillow
+hands back scaled by its own depth, decoders picked by suffix only, non-finite arrays, `--out` on a file,
+and misshapen shard members."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import EpsImagePlugin, Image
 
 from stride.errors import StrideError
+from stride.registry.evaluation import evaluate_network
 from stride.tasks import TensorSpec, get_task
+from test_hardening import replace_shard
 from test_registry_support import stride
+from tiny_data import tiny_dataset
+
+CLASSIFIER = get_task("classification")
 
 
 def read(path: Path, shape: tuple[int, ...], task: str = "classification") -> np.ndarray:
@@ -167,3 +174,22 @@ def test_out_on_an_existing_file_is_refused_before_any_work(tmp_path, capsys, co
     where = "is a file" if not below else f"is inside {taken}, which is a file"
     assert code == 2 and f"stride: error: --out {out}: {where}" in err and "Traceback" not in err
     assert taken.read_text() == "keep me"
+
+
+# -- evaluate on a misshapen shard member --------------------------------------------------------------
+
+def png_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_evaluate_names_the_shard_and_sample_of_a_misshapen_member(tmp_path):
+    dataset = tiny_dataset(tmp_path / "data", ["a", "b"])
+    replace_shard(dataset, "test-000000.tar", {"s0.png": png_bytes(4, 4), "s0.cls": b"0",
+                                               "s1.png": png_bytes(5, 4), "s1.cls": b"1",
+                                               "s2.png": png_bytes(4, 4), "s2.cls": b"0"})
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2), torch.nn.Softmax(dim=1))
+    with pytest.raises(StrideError, match=rf"shard {dataset / 'test-000000.tar'}, sample 's1': \.png has shape "
+                                          r"\[1, 4, 5\]; the manifest's sample_schema gives \[1, 4, 4\]"):
+        evaluate_network(CLASSIFIER, network, CLASSIFIER.evaluation_data(dataset), "test", input_shape=(1, 4, 4))
