@@ -1,10 +1,15 @@
 """Users' files as `stride predict`, `explain` and `evaluate` read them (issue 27): every image mode Pillow
 hands back scaled by its own depth, decoders picked by suffix only, non-finite arrays, `--out` on a file,
-and misshapen shard members."""
+misshapen shard members, and a disk that fills up during `stride train`."""
 
 from __future__ import annotations
 
+import argparse
+import errno
 import io
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +18,7 @@ import torch
 from PIL import EpsImagePlugin, Image
 
 from stride.errors import StrideError
+from stride.pipelines.disk_full import disk_full_message
 from stride.registry.evaluation import evaluate_network
 from stride.tasks import TensorSpec, get_task
 from test_hardening import replace_shard
@@ -193,3 +199,67 @@ def test_evaluate_names_the_shard_and_sample_of_a_misshapen_member(tmp_path):
     with pytest.raises(StrideError, match=rf"shard {dataset / 'test-000000.tar'}, sample 's1': \.png has shape "
                                           r"\[1, 4, 5\]; the manifest's sample_schema gives \[1, 4, 4\]"):
         evaluate_network(CLASSIFIER, network, CLASSIFIER.evaluation_data(dataset), "test", input_shape=(1, 4, 4))
+
+
+# -- a full disk ---------------------------------------------------------------------------------------
+
+def test_a_write_to_a_full_device_names_where_the_command_writes(tmp_path):
+    with pytest.raises(OSError) as raised, open("/dev/full", "wb") as full:  # the kernel's always-full device
+        full.write(b"x" * 65536)
+        full.flush()
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename is None  # a plain write names no file
+    args = argparse.Namespace(command="predict", out=str(tmp_path / "pictures"),
+                              tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    assert disk_full_message(raised.value, args) == (
+        f"disk full: no space left on the device where predict writes (--out {tmp_path / 'pictures'}, the tracking "
+        f"database {tmp_path / 'mlruns.db'}); free some space and run it again")
+
+
+def stride_process(prelude: str, cwd: Path, *argv: str) -> subprocess.CompletedProcess:
+    """`stride ARGV` in a process of its own, all its output captured, after `prelude` set up the failure."""
+    code = f"{prelude}\nimport sys\nfrom stride.pipelines.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *argv], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def train_tiny(prelude: str, tmp_path: Path, tracking_db: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    """A one-epoch `stride train` that logs every step (so the tracking database grows while it trains)."""
+    return stride_process(prelude, tmp_path, "train", "digits-cnn", "--tracking-uri", f"sqlite:///{tracking_db}",
+                          "--set", *overrides, "trainer.max_epochs=1", "data.batch_size=16",
+                          "trainer.log_every_n_steps=1", "tracking.experiment=tests")
+
+
+@pytest.mark.slow
+def test_a_full_tracking_database_during_train_is_one_clear_error(tmp_path, tiny_overrides):
+    """SQLite answers "database or disk is full" as on a full disk when a database reaches `PRAGMA
+    max_page_count`: MLflow makes the database, it is compacted, and every connection the training takes
+    from a pool is capped at that size."""
+    from stride.tracking.store import ensure_experiment
+
+    db = tmp_path / "tracking" / "mlruns.db"
+    ensure_experiment(f"sqlite:///{db}", "tests")
+    with sqlite3.connect(db) as connection:
+        connection.execute("VACUUM")  # no free pages left: new rows must grow the file
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    cap = (f"from pathlib import Path\nfrom sqlalchemy import event\nfrom sqlalchemy.pool import Pool\n"
+           f"def cap(connection, record, proxy):\n"
+           f"    if Path(connection.execute('PRAGMA database_list').fetchone()[2]) == Path({str(db)!r}):\n"
+           f"        connection.execute('PRAGMA max_page_count = {pages}')\n"
+           f"event.listen(Pool, 'checkout', cap)")
+    done = train_tiny(cap, tmp_path, db, tiny_overrides)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (f"stride: error: disk full: the tracking database {db} cannot be "
+                                                    "written; free some space and run it again")
+    assert "training digits-cnn" in done.stdout and "Traceback" not in done.stderr  # it failed while training
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_a_file_copy_during_train_names_the_file(tmp_path, tiny_overrides):
+    full = ("import errno, os\n"
+            "def sendfile(*args):\n"
+            "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+            "os.sendfile = sendfile  # the kernel call under every file copy (MLflow's artifacts, moved checkpoints)")
+    done = train_tiny(full, tmp_path, tmp_path / "mlruns.db", tiny_overrides)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"stride: error: disk full: no space left on the device writing {tmp_path}"), last
+    assert "Traceback" not in done.stderr
