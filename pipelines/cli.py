@@ -14,6 +14,7 @@ import os
 import sys
 
 from stride.errors import StrideError
+from stride.pipelines.disk_full import disk_full_message
 from stride.pipelines.interrupts import SignalWatch
 
 COMMAND_MODULES = [
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 QUIET_LIBRARIES = ("pytorch_lightning", "lightning_fabric", "mlflow")
+# logs each database error, traceback and all, then raises it: the CLI reports what is raised, once
+RAISES_WHAT_IT_LOGS = "mlflow.store.db.utils"
 
 
 def quiet_library_info() -> None:
@@ -55,6 +58,7 @@ def quiet_library_info() -> None:
         logging.getLogger(library).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: record.levelno >= logging.WARNING or not record.name.startswith(QUIET_LIBRARIES))
+    logging.getLogger(RAISES_WHAT_IT_LOGS).addFilter(lambda record: record.exc_info is None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     with SignalWatch() as signals:
         try:
             code = int(args.handler(args) or 0)
-        except StrideError as err:
-            if args.verbose:
+        except Exception as err:
+            message = str(err) if isinstance(err, StrideError) else disk_full_message(err, args)
+            if message is None or args.verbose:
                 raise
-            print(f"stride: error: {err}", file=sys.stderr)
+            print(f"stride: error: {message}", file=sys.stderr)
             return 2
         except (KeyboardInterrupt, SystemExit) as stop:
             if isinstance(stop, SystemExit) and signals.received is None:

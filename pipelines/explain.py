@@ -38,7 +38,7 @@ class ExplainedFile:
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "explain", help="class activation maps and weakly supervised boxes for image (PNG/JPEG) or .npy files",
+        "explain", help="class activation maps and weakly supervised boxes for image (PNG/JPEG/TIFF) or .npy files",
         description="For networks whose scores are a global average pool of feature maps followed by one linear "
                     "layer, or a class convolution + global average pool: writes one PNG per file with the map of "
                     "each of the top classes over the image (read as `stride predict` reads it) and the smallest "
@@ -59,12 +59,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stride.names import output_folder
     from stride.tasks.cam import DEFAULT_THRESHOLD
     from stride.text_table import align_columns
 
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     if args.top_k < 1:
         raise StrideError(f"--top-k must be at least 1, got {args.top_k}")
+    output_folder(args.out, "--out")
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             checkpoint, reference = logged_module(args.model, args.tracking_uri, Path(tmp))

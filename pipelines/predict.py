@@ -9,11 +9,12 @@ from stride.pipelines.arguments import add_image_output_arguments, positive_int
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("predict", help="classes, faces or a caption for image (PNG/JPEG) or .npy files",
+    parser = commands.add_parser("predict", help="classes, faces or a caption for image (PNG/JPEG/TIFF) or .npy files",
                                  description="Images of any size are converted as the training data were "
                                              "(grayscale or RGB per the model's channels, resized (letterboxed "
-                                             "for detectors) to its H x W, scaled to [0, 1]); .npy arrays must "
-                                             "have the model's input shape.")
+                                             "for detectors) to its H x W, scaled to [0, 1] by their bit depth, "
+                                             "transparency over black); .npy arrays must have the model's input "
+                                             "shape and finite values.")
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, "
                                                         "models:/m-<id> or runs:/RUN_ID/model")
@@ -28,10 +29,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stride.errors import StrideError
+    from stride.names import output_folder
     from stride.registry import predict_files
 
     if args.beam_size is not None and args.beam_size < 1:
         raise StrideError(f"--beam-size must be at least 1, got {args.beam_size}")
+    if args.out is not None:
+        output_folder(args.out, "--out")
     rows, table = predict_files(args.model, args.files, top_k=args.top_k, tracking_uri=args.tracking_uri,
                                 max_pixels=args.max_pixels, pictures=args.out,
                                 decoding=None if args.beam_size is None else {"beam_size": args.beam_size})

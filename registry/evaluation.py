@@ -13,6 +13,7 @@ import torch
 
 from stride.datamodules.image_classification import ShardedDataModule
 from stride.datamodules.manifest import manifest_sha256
+from stride.datamodules.streaming import decode_member, iter_shard
 from stride.errors import StrideError
 from stride.tasks import Evaluation, Task
 
@@ -41,8 +42,30 @@ def evaluate_network(task: Task, network: torch.nn.Module, data: ShardedDataModu
         check_input_shape(input_shape, data, model_uri)
     data.manifest.split(split)
     data.setup("test")  # verifies shard sizes and checksums
-    evaluation = task.evaluate(network, data, split, model_uri)
+    try:
+        evaluation = task.evaluate(network, data, split, model_uri)
+    except ValueError:  # e.g. numpy's "all input arrays must have the same shape", which names no sample
+        misshapen = first_misshapen_sample(data, split)
+        if misshapen is None:
+            raise
+        raise StrideError(misshapen) from None
     expected = data.manifest.split(split).num_samples
     if evaluation.samples != expected:
         raise StrideError(f"{data.root}: evaluated {evaluation.samples} {split} samples, the manifest lists {expected}")
     return evaluation
+
+
+def first_misshapen_sample(data: ShardedDataModule, split: str) -> str | None:
+    """The first sample of `split` with a member whose shape is not the one its manifest's sample_schema
+    records, named by shard and key; read again only after a batch failed, so evaluating costs nothing more."""
+    schema = data.manifest.sample_schema
+    shaped = [f for f in data.fields if "shape" in schema.get(f, {})]
+    for shard in data.manifest.split(split).shards:
+        path = data.root / shard.name
+        for key, members in iter_shard(path, tuple(shaped)):
+            for field in shaped:
+                found, expected = list(decode_member(field, members[field]).shape), list(schema[field]["shape"])
+                if found != expected:
+                    return (f"shard {path}, sample {key!r}: .{field} has shape {found}; the manifest's sample_schema "
+                            f"gives {expected} for every sample")
+    return None

@@ -43,3 +43,14 @@ def inside(folder: Path, path: Path) -> Path:
     if resolved != root and root not in resolved.parents:
         raise StrideError(f"refusing to write {path}: it is outside {folder}")
     return path
+
+
+def output_folder(path: str | Path, option: str) -> Path:
+    """`path` as a folder to write into (made when first needed), refused before any work when it, or a
+    folder it would be made in, is a file."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside {existing}, which is a file"
+        raise StrideError(f"{option} {path}: {where}; give a folder (it is made if missing)")
+    return path

@@ -104,7 +104,7 @@ def test_predict_bad_input_fails_clearly(case, mlflow_server, champion, files, t
     elif case == "unreadable":
         path = tmp_path / "truncated.png"
         path.write_bytes(files["png"].read_bytes()[:20])
-        message = f"{path}: not a readable PNG/JPEG image"
+        message = f"{path}: not a readable PNG image"
     elif case == "absent":
         path = tmp_path / "absent.png"
         message = f"{path}: no such file"

@@ -132,7 +132,7 @@ def test_images_of_any_size_become_the_model_input(tmp_path: Path):
 @pytest.mark.parametrize("name, content, message", [
     ("flat.npy", np.zeros((28, 28), np.float32),
      r"flat.npy: array has shape \[28, 28\], the model expects \[1, 28, 28\]"),
-    ("broken.png", b"not an image", r"broken.png: not a readable PNG/JPEG image"),
+    ("broken.png", b"not an image", r"broken.png: not a readable PNG image"),
     ("notes.txt", b"hello", r"notes.txt: unsupported file type .txt"),
 ])
 def test_bad_files_are_named_with_what_was_expected(tmp_path: Path, name, content, message):

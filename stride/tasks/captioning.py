@@ -32,7 +32,7 @@ from stride.names import safe_filename
 from stride.plots import plot_learning_curves
 from stride.tasks.base import (DEFAULT_MAX_PIXELS, DataFacts, Evaluation, ExportedModel, Task, TensorSpec,
                                checked_datamodule_arguments, network_taking_pixels, register_task)
-from stride.tasks.classification import read_image
+from stride.tasks.image_input import read_image
 from stride.text_table import align_columns
 
 DEFAULT_IMAGE_SIZE = 224  # the study's encoder input (docs/models.md, A4)
@@ -42,7 +42,6 @@ OTHER_TASKS_OPTIONS = ("train_sizes", "augment.random_shift_px", "augment.color_
 # pycocoevalcap's names -> stride's metric suffixes (the module logs the same names per epoch)
 METRIC_NAMES = {"BLEU-1": "bleu1", "BLEU-2": "bleu2", "BLEU-3": "bleu3", "BLEU-4": "bleu4", "METEOR": "meteor",
                 "ROUGE-L": "rouge_l", "CIDEr-D": "cider"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass
@@ -165,8 +164,6 @@ class CaptioningTask(Task):
 
     def read_input(self, path: Path, inputs: TensorSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """An RGB image resized to the model's square, as the datamodule resizes stored images."""
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise StrideError(f"{path}: unsupported file type {path.suffix or '(none)'} (use .png, .jpg or .jpeg)")
         return read_image(path, inputs.shape, max_pixels)
 
     def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int,

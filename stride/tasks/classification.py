@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from stride.architectures import build
@@ -33,13 +32,12 @@ from stride.plots import plot_confusion_matrix, plot_learning_curves
 from stride.tasks.base import (DEFAULT_MAX_PIXELS, DataFacts, Evaluation, ExportedModel, Task, TensorSpec,
                                datamodule_arguments, refuse_options_of_other_tasks, register_task)
 from stride.tasks.cam import plot_test_split_cams
+from stride.tasks.image_input import is_image_file, read_image, unsupported_file
 from stride.text_table import align_columns
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 256
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-IMAGE_MODES = {1: "L", 3: "RGB"}
 # data options of the tasks whose images vary in size: stored classification samples are fed as they are
 IMAGE_SIZED_OPTIONS = ("image_size", "train_sizes", "max_words", "augment.random_crop", "augment.color_jitter")
 
@@ -157,15 +155,14 @@ class ClassificationTask(Task):
                                       title=f"{title} {evaluation.split}")]
 
     def read_input(self, path: Path, inputs: TensorSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-        """Images of any size converted as the training data were (mode L or RGB, resized bilinearly to
-        the model's H x W, scaled to [0, 1]); `.npy` arrays of the model's input shape (uint8 scaled by
-        1/255 like stored image shards, floats used as they are)."""
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
+        """Images of any size converted as the training data were (grey or RGB, resized bilinearly to the
+        model's H x W, scaled to [0, 1] by their bit depth: stride.tasks.image_input); `.npy` arrays of the
+        model's input shape (uint8 scaled by 1/255 like stored image shards, finite floats used as they are)."""
+        if path.suffix.lower() == ".npy":
             return read_array(path, inputs.shape)
-        if suffix in IMAGE_SUFFIXES:
+        if is_image_file(path):
             return read_image(path, inputs.shape, max_pixels)
-        raise StrideError(f"{path}: unsupported file type {suffix or '(none)'} (use .png, .jpg, .jpeg or .npy)")
+        raise unsupported_file(path, (".npy",))
 
     def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int,
                     inputs: TensorSpec | None = None) -> list[Prediction]:
@@ -227,28 +224,6 @@ def warn_if_receptive_field_short(config: StrideConfig, backbone: nn.Module, len
                     config.name, config.model.architecture, field, length, length - field)
 
 
-def read_image(path: Path, shape: tuple[int, ...], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    if len(shape) != 3 or shape[0] not in IMAGE_MODES:
-        raise StrideError(f"{path}: the model takes inputs of shape {list(shape)}, not images (1 or 3 x H x W); "
-                          "give a .npy array of that shape")
-    channels, height, width = shape
-    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels  # PIL checks the header against it
-    try:
-        with Image.open(path) as image:  # reads the header only
-            if image.width * image.height > max_pixels:
-                raise StrideError(f"{path}: {image.width} x {image.height} pixels, more than the limit of "
-                                  f"{max_pixels:,} (a decompression bomb?); raise --max-pixels if it is real")
-            converted = image.convert(IMAGE_MODES[channels]).resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(converted, dtype=np.float32) / 255.0
-    except Image.DecompressionBombError as err:  # PIL's own limit, checked while reading the header
-        raise StrideError(f"{path}: refused as a decompression bomb ({err}); raise --max-pixels if it is real") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise StrideError(f"{path}: not a readable PNG/JPEG image ({err})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = pil_limit
-    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-
-
 def read_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
@@ -258,6 +233,9 @@ def read_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
         raise StrideError(f"{path}: array has shape {list(array.shape)}, the model expects {list(shape)}")
     if not np.issubdtype(array.dtype, np.number):
         raise StrideError(f"{path}: array dtype {array.dtype} is not numeric")
+    if not np.isfinite(array).all():
+        raise StrideError(f"{path}: array holds {np.count_nonzero(~np.isfinite(array))} NaN or infinite values; "
+                          "the model takes finite numbers")
     return array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 from torch import nn
 
 from stride.architectures.face_detector import DetectionExport
@@ -30,7 +30,7 @@ from stride.names import inside, safe_filename
 from stride.plots import plot_learning_curves
 from stride.tasks.base import (DEFAULT_MAX_PIXELS, DataFacts, Evaluation, ExportedModel, Task, TensorSpec,
                                checked_datamodule_arguments, network_taking_pixels, register_task)
-from stride.tasks.classification import read_image
+from stride.tasks.image_input import image_size, read_image
 from stride.text_table import align_columns
 
 DEFAULT_IMAGE_SIZE = 512  # the seed trains at 512 x 512 (docs/models.md, A3)
@@ -203,9 +203,7 @@ class DetectionTask(Task):
 
     def read_input(self, path: Path, inputs: TensorSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """An image letterboxed into the model's square exactly as evaluation letterboxes it."""
-        if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-            raise StrideError(f"{path}: unsupported file type {path.suffix or '(none)'} (use .png, .jpg or .jpeg)")
-        width, height = image_size_of(path, max_pixels)
+        width, height = image_size(path, max_pixels)
         side = inputs.shape[-1]
         scale = letterbox_scale(height, width, side)
         fitted = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -221,7 +219,7 @@ class DetectionTask(Task):
             raise StrideError("detection predictions need the model's input shape to undo the letterbox")
         rows = []
         for file, found in zip(files, outputs):
-            width, height = image_size_of(Path(file), DEFAULT_MAX_PIXELS)
+            width, height = image_size(Path(file), DEFAULT_MAX_PIXELS)
             boxes = found_boxes(found, letterbox_scale(height, width, inputs.shape[-1]))
             rows.append(FacesFound(file, [tuple(float(v) for v in b) for b in boxes]))
         return rows
@@ -245,8 +243,7 @@ class DetectionTask(Task):
             path = inside(folder, folder / f"{stem}_faces.png")
             if path in written:  # two files of one name from different folders: both kept
                 path = inside(folder, folder / f"{stem}_{len(written)}_faces.png")
-            with Image.open(row.file) as image:
-                drawn = draw_boxes(image.convert("RGB"), row.boxes)
+            drawn = draw_boxes(own_pixels(Path(row.file)), row.boxes)
             drawn.save(path)
             row.picture = str(path)
             written.append(path)
@@ -263,16 +260,11 @@ def draw_boxes(image: Image.Image, boxes: list[tuple[float, float, float, float,
     return image
 
 
-def image_size_of(path: Path, max_pixels: int) -> tuple[int, int]:
-    """(width, height) from the header only."""
-    try:
-        with Image.open(path) as image:
-            if image.width * image.height > max_pixels:
-                raise StrideError(f"{path}: {image.width} x {image.height} pixels, more than the limit of "
-                                  f"{max_pixels:,}; raise --max-pixels if it is real")
-            return image.width, image.height
-    except (UnidentifiedImageError, OSError) as err:
-        raise StrideError(f"{path}: not a readable PNG/JPEG image ({err})") from None
+def own_pixels(path: Path) -> Image.Image:
+    """The file as the 8-bit RGB picture the network saw, at its own size (read as `read_input` reads it)."""
+    width, height = image_size(path, DEFAULT_MAX_PIXELS)
+    pixels = read_image(path, (3, height, width), DEFAULT_MAX_PIXELS)
+    return Image.fromarray(np.round(pixels.transpose(1, 2, 0) * 255).astype(np.uint8))
 
 
 def facts_dataset(module: DetectionModule) -> str:
