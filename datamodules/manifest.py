@@ -8,18 +8,20 @@ for every split its shards with their sample counts, byte sizes and sha256.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
 
+from stride.datamodules.digest import MANIFEST_NAME, manifest_sha256, sha256_of
 from stride.datamodules.swap import finish_swap
 from stride.errors import StrideError
 
+__all__ = ["MANIFEST_NAME", "Manifest", "ShardEntry", "SplitEntry", "manifest_sha256", "read_manifest", "sha256_of",
+           "verify_shards"]
+
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 
 
 class ShardEntry(BaseModel):
@@ -56,19 +58,6 @@ class Manifest(BaseModel):
             return self.splits[name]
         except KeyError:
             raise StrideError(f"dataset {self.dataset!r} has no split {name!r} (has: {', '.join(self.splits)})") from None
-
-
-def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def manifest_sha256(root: Path) -> str:
-    """Identity of a dataset: the hash of its manifest (which hashes every shard)."""
-    return sha256_of(Path(root) / MANIFEST_NAME)
 
 
 def read_manifest(root: str | Path) -> Manifest:

@@ -13,17 +13,15 @@ import json
 import os
 import shutil
 import tarfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 from stride import __version__
 from stride.datamodules.manifest import MANIFEST_NAME, Manifest, ShardEntry, SplitEntry, sha256_of
-from stride.datamodules.swap import finish_swap, journalled_folders, swap_in
+from stride.datamodules.swap import TMP_MARK, finish_swap, journalled_folders, new_token, pid_of, sibling, \
+    swap_in, token_of
 from stride.errors import StrideError
 from stride.names import plain_name
-
-TMP_MARK = ".stride-tmp-"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -42,13 +40,8 @@ def remove_stale_temporaries(out_dir: Path) -> None:
     finish_swap(out_dir)
     needed = journalled_folders(out_dir.parent)
     for candidate in out_dir.parent.glob(f".{out_dir.name}{TMP_MARK}*"):
-        if candidate in needed:
-            continue
-        try:
-            pid = int(candidate.name.rsplit("-", 2)[-2])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
+        token = token_of(candidate, out_dir)
+        if token is not None and candidate not in needed and not _pid_alive(pid_of(token)):
             shutil.rmtree(candidate, ignore_errors=True)
 
 
@@ -67,7 +60,7 @@ class ShardWriter:
         self.overwrite = overwrite
         remove_stale_temporaries(self.out_dir)  # first: it may put an interrupted replacement in place
         self._check_target()
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp_dir = sibling(self.out_dir, new_token())
         self._splits: dict[str, list[ShardEntry]] = {}
         self._tar: tarfile.TarFile | None = None
         self._tar_split = ""
@@ -156,6 +149,5 @@ class ShardWriter:
         manifest_path.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
         with open(manifest_path, "rb+") as handle:
             os.fsync(handle.fileno())
-        old = self.out_dir.parent / f".{self.out_dir.name}{TMP_MARK}{os.getpid()}-old{uuid.uuid4().hex[:4]}"
-        swap_in(self.tmp_dir, self.out_dir, old)
+        swap_in(self.tmp_dir, self.out_dir)
         return manifest

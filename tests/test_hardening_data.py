@@ -1,0 +1,69 @@
+"""Hostile or unlucky data: forged journals and manifests, bombs, unexpected formats, full disks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from stride.datamodules.manifest import manifest_sha256, read_manifest
+from stride.datamodules.swap import journal_path
+from stride.errors import StrideError
+from tiny_data import tiny_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- swap journals: recovery touches only the siblings it made, holding the datasets it recorded ----------
+
+def forge_journal(dataset: Path, **fields: object) -> None:
+    journal_path(dataset).write_text(json.dumps(fields))
+
+
+@pytest.mark.parametrize("fields", [
+    {"target": "DATA", "new": "NOTHING", "old": "VICTIM"},  # the old form, absolute paths: deleted VICTIM
+    {"target": "DATA", "new": "OTHER", "old": "ASIDE"},  # put OTHER in place of the dataset
+    {"format": 1, "new": "1-abc", "old": "../../victim", "new_manifest_sha256": "0" * 64,
+     "old_manifest_sha256": "0" * 64},
+])
+def test_a_forged_journal_naming_folders_elsewhere_touches_nothing(tmp_path, fields):
+    target, other, victim = (tiny_dataset(tmp_path / name, [name]) for name in ("data", "other", "victim"))
+    substitutes = {"DATA": str(target), "OTHER": str(other), "VICTIM": str(victim),
+                   "NOTHING": str(tmp_path / "nothing"), "ASIDE": str(tmp_path / "aside")}
+    forge_journal(target, **{key: substitutes.get(value, value) for key, value in fields.items()})
+    with pytest.raises(StrideError, match=r"\.data\.stride-swap\.json: .*(not a stride swap journal|field 'old')"):
+        read_manifest(target)
+    with pytest.raises(StrideError, match=r"\.data\.stride-swap\.json"):
+        tiny_dataset(tmp_path / "data", ["new"], overwrite=True)
+    for folder, name in ((target, "data"), (other, "other"), (victim, "victim")):
+        assert folder.is_dir() and json.loads((folder / "manifest.json").read_text())["class_names"] == [name]
+
+
+def test_a_journal_whose_siblings_hold_other_datasets_touches_nothing(tmp_path):
+    """Tokens in the right form, beside the target, but the folders hold datasets the journal did not record."""
+    target = tiny_dataset(tmp_path / "data", ["data"])
+    old = tiny_dataset(tmp_path / ".data.stride-tmp-1-oldabcd", ["precious"])
+    recorded = manifest_sha256(target)
+    forge_journal(target, format=1, new="1-missing", old="1-oldabcd", new_manifest_sha256=recorded,
+                  old_manifest_sha256="f" * 64)
+    with pytest.raises(StrideError, match=r"says .*\.data\.stride-tmp-1-oldabcd holds the old dataset .* but it "
+                                          r"holds a dataset whose manifest"):
+        read_manifest(target)
+    assert read_manifest(old).class_names == ["precious"] and journal_path(target).exists()
+    journal_path(target).unlink()
+    assert read_manifest(target).class_names == ["data"]
+
+
+def test_a_journal_cannot_put_another_folder_in_place_of_the_dataset(tmp_path):
+    target = tiny_dataset(tmp_path / "data", ["data"])
+    intruder = tiny_dataset(tmp_path / ".data.stride-tmp-1-abc", ["intruder"])
+    forge_journal(target, format=1, new="1-abc", old="1-oldabc", new_manifest_sha256="a" * 64,
+                  old_manifest_sha256=manifest_sha256(target))
+    with pytest.raises(StrideError, match=r"holds the new dataset"):
+        read_manifest(target)
+    assert read_manifest(intruder).class_names == ["intruder"]
+    journal_path(target).unlink()
+    assert read_manifest(target).class_names == ["data"]
+    shutil.rmtree(intruder)
