@@ -12,11 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, field_validator
 
 from stride.datamodules.digest import MANIFEST_NAME, manifest_sha256, sha256_of
 from stride.datamodules.swap import finish_swap
 from stride.errors import StrideError
+from stride.names import plain_name
 
 __all__ = ["MANIFEST_NAME", "Manifest", "ShardEntry", "SplitEntry", "manifest_sha256", "read_manifest", "sha256_of",
            "verify_shards"]
@@ -30,6 +31,15 @@ class ShardEntry(BaseModel):
     num_samples: NonNegativeInt
     num_bytes: NonNegativeInt
     sha256: str
+
+    @field_validator("name")
+    @classmethod
+    def _inside_the_dataset_folder(cls, name: str) -> str:
+        """A shard is read from the manifest's own folder: `../x.tar` or `/x.tar` would read data from elsewhere."""
+        try:
+            return plain_name(name, "shard name")
+        except StrideError as err:
+            raise ValueError(str(err)) from None
 
 
 class SplitEntry(BaseModel):

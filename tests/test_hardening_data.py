@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -67,3 +68,23 @@ def test_a_journal_cannot_put_another_folder_in_place_of_the_dataset(tmp_path):
     journal_path(target).unlink()
     assert read_manifest(target).class_names == ["data"]
     shutil.rmtree(intruder)
+
+
+# -- manifests -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../../elsewhere.tar", "/tmp/stride-elsewhere.tar", "sub/train-000000.tar",
+                                  ".hidden.tar"])
+def test_shard_names_in_a_manifest_must_be_plain_names(tmp_path, name):
+    """Before, a manifest could point at a shard anywhere (with its size and sha256) and it was read."""
+    dataset = tiny_dataset(tmp_path / "a" / "b" / "data", ["x"])
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    shard = manifest["splits"]["test"]["shards"][0]
+    elsewhere = dataset / name if not name.startswith("/") else Path(name)
+    elsewhere.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(dataset / shard["name"], elsewhere)
+    shard["name"] = name
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StrideError, match=rf"data/manifest.json: invalid manifest at splits.test.shards.0.name: "
+                                          rf".*shard name '{re.escape(name)}' is not a plain name"):
+        read_manifest(dataset)
+    elsewhere.unlink()
