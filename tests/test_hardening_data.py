@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -88,3 +92,41 @@ def test_shard_names_in_a_manifest_must_be_plain_names(tmp_path, name):
                                           rf".*shard name '{re.escape(name)}' is not a plain name"):
         read_manifest(dataset)
     elsewhere.unlink()
+
+
+# -- a full disk --------------------------------------------------------------------------------------------
+
+def disk_with_room_for(capacity: int) -> Callable[..., io.BufferedWriter]:
+    """`open` for the writer's files on a disk that fills after `capacity` bytes: every later write, and the
+    flush when the file is closed, fail with ENOSPC as they would for real."""
+    used = 0
+
+    class FillingFile(io.FileIO):
+        def write(self, data) -> int:
+            nonlocal used
+            if used + len(data) > capacity:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            used += len(data)
+            return super().write(data)
+
+    return lambda path, mode: io.BufferedWriter(FillingFile(path, mode.replace("b", "")))
+
+
+def test_a_full_disk_during_a_replacement_is_one_clear_error_and_the_next_attempt_runs(tmp_path, monkeypatch,
+                                                                                        capsys):
+    import stride.datamodules.writer as writer
+    from stride.pipelines.cli import main
+
+    target = tmp_path / "data"
+    prepare = ["data", "prepare", "digits", "--out", str(target), "--overwrite"]
+    assert main(prepare) == 0
+    before = manifest_sha256(target)
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        patched.setattr(writer, "open", disk_with_room_for(100_000), raising=False)
+        assert main(prepare + ["--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"stride: error: disk full while writing the dataset {target}: No space left on device" in err
+    assert "Traceback" not in err and "existing dataset there is untouched" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["data"] and manifest_sha256(target) == before
+    assert main(prepare + ["--seed", "1"]) == 0 and read_manifest(target).parameters["seed"] == 1
