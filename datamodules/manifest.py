@@ -8,12 +8,12 @@ for every split its shards with their sample counts, byte sizes and sha256.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, field_validator
 
+from stride.bounded_loading import read_json_file
 from stride.datamodules.digest import MANIFEST_NAME, manifest_sha256, sha256_of
 from stride.datamodules.swap import finish_swap
 from stride.errors import StrideError
@@ -23,6 +23,7 @@ __all__ = ["MANIFEST_NAME", "Manifest", "ShardEntry", "SplitEntry", "manifest_sh
            "verify_shards"]
 
 FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 64 << 20  # a shard's entry is about 150 bytes: room for 400,000 shards
 
 
 class ShardEntry(BaseModel):
@@ -76,10 +77,7 @@ def read_manifest(root: str | Path) -> Manifest:
     if not path.is_file():
         hint = "" if Path(root).exists() else " (the folder does not exist; create it with `stride data prepare`)"
         raise StrideError(f"no dataset at {root}: {path} not found{hint}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StrideError(f"{path}: not valid JSON ({err})") from None
+    data = read_json_file(path, max_bytes=MAX_MANIFEST_BYTES)
     if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
         raise StrideError(f"{path}: format_version {data.get('format_version')!r} is not supported "
                           f"(expected {FORMAT_VERSION})")

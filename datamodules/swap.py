@@ -24,12 +24,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from stride.bounded_loading import read_json_file
 from stride.datamodules.digest import MANIFEST_NAME, manifest_sha256
 from stride.errors import StrideError
 
 TMP_MARK = ".stride-tmp-"
 JOURNAL_SUFFIX = ".stride-swap.json"
 JOURNAL_FORMAT = 1
+MAX_JOURNAL_BYTES = 4096
 _TOKEN = re.compile(r"[0-9]{1,10}-[0-9a-z]{1,24}")  # pid, then a random part: no path can hide in it
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -105,10 +107,7 @@ def swap_in(new: Path, target: Path) -> None:
 
 def read_journal(journal: Path) -> Journal:
     """The journal's tokens and hashes, or a StrideError saying what is wrong with it."""
-    try:
-        record = json.loads(journal.read_bytes())
-    except (OSError, ValueError, RecursionError) as err:
-        raise StrideError(f"{journal}: unreadable swap journal ({err})") from None
+    record = read_json_file(journal, max_bytes=MAX_JOURNAL_BYTES)
     fields = {"new": _TOKEN, "old": _TOKEN, "new_manifest_sha256": _SHA256, "old_manifest_sha256": _SHA256}
     if not isinstance(record, dict) or record.get("format") != JOURNAL_FORMAT:
         raise StrideError(f"{journal}: not a stride swap journal of format {JOURNAL_FORMAT}")

@@ -8,6 +8,9 @@ import json
 import os
 import re
 import shutil
+import textwrap
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Callable
 
@@ -130,3 +133,74 @@ def test_a_full_disk_during_a_replacement_is_one_clear_error_and_the_next_attemp
     assert "Traceback" not in err and "existing dataset there is untouched" in err
     assert [p.name for p in tmp_path.iterdir()] == ["data"] and manifest_sha256(target) == before
     assert main(prepare + ["--seed", "1"]) == 0 and read_manifest(target).parameters["seed"] == 1
+
+
+# -- YAML and JSON nested past any reason ----------------------------------------------------------------
+
+def alias_bomb(levels: int) -> str:
+    """`levels` lists of nine aliases of the list before: 9 ** levels strings from a few hundred bytes."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def refused_cheaply(call: Callable[[], object], message: str) -> tuple[float, int]:
+    """Check `call` raises a StrideError matching `message`; its (seconds, peak bytes allocated)."""
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(StrideError, match=message):
+            call()
+        return time.monotonic() - started, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("kind", ["recipe", "search spec"])
+def test_a_yaml_alias_bomb_is_refused_while_it_is_read(tmp_path, kind):
+    """8 levels in 500 bytes: before, validating `trainer.devices` ran for minutes past 2.4 GB."""
+    from stride.config import load_config
+    from stride.tuning.spec import load_search
+
+    path = tmp_path / "bomb.yaml"
+    head = "name: bomb\ndata: {path: x}\nmodel: {architecture: lenet5}\ntrainer:\n" if kind == "recipe" else \
+        "base: digits-cnn\nspace: {optim.lr: {choice: [0.1]}}\noverrides:\n"
+    path.write_text(head + "  devices:\n" + textwrap.indent(alias_bomb(8), "    "))
+    load = load_config if kind == "recipe" else load_search
+    seconds, peak = refused_cheaply(lambda: load(str(path)),
+                                    r"bomb.yaml: refused: more than 100,000 values once its aliases are expanded")
+    assert seconds < 1 and peak < 16 << 20
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: " + "[" * 5000 + "]" * 5000, "nested deeper than 64 levels"),
+    ("a: " + "{b: " * 5000 + "1" + "}" * 5000, "nested deeper than 64 levels"),
+    ("".join(f"l{i}: &l{i} [{'[' * 20}{f'*l{i - 1}' if i else 0}{']' * 20}]\n" for i in range(5)),
+     "nested deeper than 64 levels once its aliases are expanded"),
+    ("a: &a [1, *a]", r"the alias \*a refers to a node that contains it"),
+])
+def test_deep_or_recursive_yaml_is_a_clear_error(tmp_path, text, message):
+    from stride.config import load_config
+
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    seconds, _ = refused_cheaply(lambda: load_config(str(path)), rf"deep.yaml: refused: {message}")
+    assert seconds < 5
+
+
+def test_deep_json_in_annotations_and_manifests_is_a_clear_error(tmp_path):
+    from stride.datamodules.sources.coco_captions import prepare_coco_captions
+
+    deep = "[" * 100_000 + "]" * 100_000
+    source = tmp_path / "coco"
+    for folder in ("train2017", "val2017", "annotations"):
+        (source / folder).mkdir(parents=True)
+    for split in ("train", "val"):
+        (source / "annotations" / f"captions_{split}2017.json").write_text(f'{{"images": {deep}}}')
+    with pytest.raises(StrideError, match=r"captions_train2017.json: refused: nested too deeply to read"):
+        prepare_coco_captions(source, tmp_path / "out")
+    dataset = tiny_dataset(tmp_path / "data", ["x"])
+    manifest = (dataset / "manifest.json").read_text()
+    (dataset / "manifest.json").write_text(manifest.replace('"source": {', f'"source": {{"deep": {deep}, ', 1))
+    with pytest.raises(StrideError, match=r"data/manifest.json: refused: nested too deeply to read"):
+        read_manifest(dataset)

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from stride.bounded_loading import read_json_file
 from stride.datamodules.image_shards import deterministic_split
 from stride.datamodules.manifest import Manifest, sha256_of
 from stride.datamodules.vocabulary import VOCABULARY_FILE, Vocabulary, tokenize
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 YEARS = ("2017", "2014")  # the first found wins: 2017 is the split the study used (docs/models.md, A4)
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 SPLITS = ("train", "val", "test")
+MAX_ANNOTATION_BYTES = 1 << 30  # captions_train2017.json is 92 MB, Karpathy's dataset_coco.json 144 MB
 READ_WORKERS = min(8, os.cpu_count() or 1)  # Pillow and numpy release the GIL while decoding
 
 
@@ -85,15 +87,6 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def load_json(path: Path) -> Any:
-    if not path.is_file():
-        raise StrideError(f"{path}: missing")
-    try:
-        return json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StrideError(f"{path}: not valid JSON ({err})") from None
-
-
 def field(path: Path, record: Any, where: str, key: str, kind: str) -> Any:
     """`record[key]` after checking it is `kind`; `where` is the record's key path, e.g. `annotations[17]`."""
     at = f"{where}.{key}" if where else key
@@ -120,7 +113,7 @@ def worded(captions: Iterable[str], where: str, skips: Skips) -> tuple[str, ...]
 
 def read_official(path: Path, folder: str, skips: Skips) -> list[CaptionedImage]:
     """The captioned images of one official annotation file, sorted by id; their files are in `folder`."""
-    data = load_json(path)
+    data = read_json_file(path, max_bytes=MAX_ANNOTATION_BYTES)
     images: dict[int, dict[str, Any]] = {}
     for index, record in enumerate(field(path, data, "", "images", "list")):
         where = f"images[{index}]"
@@ -155,7 +148,7 @@ def captioned(images: dict[int, dict[str, Any]], source: str, skips: Skips) -> l
 
 
 def read_karpathy(path: Path, skips: Skips) -> dict[str, list[CaptionedImage]]:
-    data = load_json(path)
+    data = read_json_file(path, max_bytes=MAX_ANNOTATION_BYTES)
     splits: dict[str, dict[int, dict[str, Any]]] = {split: {} for split in SPLITS}
     seen: set[int] = set()
     for index, record in enumerate(field(path, data, "", "images", "list")):
