@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import io
 import json
 import os
 import re
 import shutil
+import struct
 import textwrap
 import time
 import tracemalloc
@@ -204,3 +206,47 @@ def test_deep_json_in_annotations_and_manifests_is_a_clear_error(tmp_path):
     (dataset / "manifest.json").write_text(manifest.replace('"source": {', f'"source": {{"deep": {deep}, ', 1))
     with pytest.raises(StrideError, match=r"data/manifest.json: refused: nested too deeply to read"):
         read_manifest(dataset)
+
+
+# -- decompression bombs in sources: the header's sizes bound what is inflated -------------------------------
+
+def zeros_gz(megabytes: int) -> bytes:
+    """A gzip stream of `megabytes` MiB of zeros, in about 1 KB per MiB (gzip members may be concatenated)."""
+    return gzip.compress(bytes(1 << 20), 9) * megabytes
+
+
+def test_an_idx_gz_inflating_past_its_header_is_refused_after_reading_what_the_header_declares(tmp_path):
+    """A 300 KB file inflating to 300 MB behind a header of 2 images: before, all 300 MB were read."""
+    from stride.datamodules.sources.mnist_idx import IMAGES_MAGIC, read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(struct.pack(">IIII", IMAGES_MAGIC, 2, 28, 28)) + zeros_gz(300))
+    _, peak = refused_cheaply(lambda: read_idx(path, IMAGES_MAGIC),
+                              r"train-images-idx3-ubyte.gz: truncated or padded: header says 2 x 28 x 28 = 1,568 "
+                              r"bytes of data, found more")
+    assert peak < 4 << 20
+
+
+def test_absurd_idx_dimensions_are_multiplied_right_and_refused_from_the_header(tmp_path):
+    from stride.datamodules.sources.mnist_idx import IMAGES_MAGIC, read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">IIII", IMAGES_MAGIC, *[2**32 - 1] * 3))
+    product = f"{(2**32 - 1) ** 3:,}"
+    with pytest.raises(StrideError, match=rf"decoding the header's 4294967295 x 4294967295 x 4294967295 = {product} "
+                                          r"bytes of data needs .* MiB of memory, more than the budget"):
+        read_idx(path, IMAGES_MAGIC)
+    path.write_bytes(struct.pack(">IIII", IMAGES_MAGIC, 1000, 28, 28))
+    with pytest.raises(StrideError, match=r"more than the budget of 0.5 MiB"):
+        read_idx(path, IMAGES_MAGIC, budget_bytes=1 << 19)
+
+
+def test_a_folder_named_like_an_idx_file_is_called_a_folder(tmp_path):
+    from stride.datamodules.sources.mnist_idx import prepare_mnist_like
+    from idx_files import write_mnist_folder
+
+    write_mnist_folder(tmp_path / "raw", train=20, test=10)
+    (tmp_path / "raw" / "t10k-images-idx3-ubyte.gz").unlink()
+    (tmp_path / "raw" / "t10k-images-idx3-ubyte").mkdir()
+    with pytest.raises(StrideError, match=r"raw/t10k-images-idx3-ubyte: is a folder or special file, not the IDX file"):
+        prepare_mnist_like("mnist", tmp_path / "raw", tmp_path / "out", val_size=5)
