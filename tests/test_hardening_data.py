@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import struct
+import tarfile
 import textwrap
 import time
 import tracemalloc
@@ -250,3 +251,26 @@ def test_a_folder_named_like_an_idx_file_is_called_a_folder(tmp_path):
     (tmp_path / "raw" / "t10k-images-idx3-ubyte").mkdir()
     with pytest.raises(StrideError, match=r"raw/t10k-images-idx3-ubyte: is a folder or special file, not the IDX file"):
         prepare_mnist_like("mnist", tmp_path / "raw", tmp_path / "out", val_size=5)
+
+
+def tar_gz_bomb(path: Path, member: str, megabytes: int) -> Path:
+    """A .tar.gz of one member of `megabytes` MiB of zeros, in about 1 KB per MiB."""
+    info = tarfile.TarInfo(member)
+    info.size = megabytes << 20
+    path.write_bytes(gzip.compress(info.tobuf(tarfile.USTAR_FORMAT)) + zeros_gz(megabytes) + gzip.compress(bytes(1024)))
+    return path
+
+
+@pytest.mark.parametrize("member, message", [
+    ("cifar-10-batches-py/data_batch_1", r"member 'cifar-10-batches-py/data_batch_1' holds 314,572,800 bytes, more "
+                                         r"than any file of this dataset"),
+    ("cifar-10-batches-py/unwanted", r"its members up to 'cifar-10-batches-py/unwanted' hold 314,572,800 bytes, "
+                                     r"more than the whole dataset"),
+])
+def test_a_cifar_archive_inflating_to_more_than_the_dataset_is_refused_from_its_headers(tmp_path, member, message):
+    """300 KB inflating to 300 MB: before, a wanted member was read into memory whole, and an unwanted one inflated."""
+    from stride.datamodules.sources.cifar import prepare_cifar
+
+    archive = tar_gz_bomb(tmp_path / "cifar-10-python.tar.gz", member, 300)
+    seconds, peak = refused_cheaply(lambda: prepare_cifar("cifar10", archive, tmp_path / "out"), message)
+    assert peak < 4 << 20 and seconds < 2
