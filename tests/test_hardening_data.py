@@ -17,6 +17,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 
 from stride.datamodules.manifest import manifest_sha256, read_manifest
@@ -274,3 +275,21 @@ def test_a_cifar_archive_inflating_to_more_than_the_dataset_is_refused_from_its_
     archive = tar_gz_bomb(tmp_path / "cifar-10-python.tar.gz", member, 300)
     seconds, peak = refused_cheaply(lambda: prepare_cifar("cifar10", archive, tmp_path / "out"), message)
     assert peak < 4 << 20 and seconds < 2
+
+
+def test_an_svhn_file_decoding_past_the_memory_budget_is_refused_from_its_headers(tmp_path):
+    """60 KB holding 20,000 images; the official extra file decodes to 1.6 GB, a forged one to anything."""
+    from scipy.io import savemat
+
+    from stride.datamodules.sources.svhn import read_mat
+
+    path = tmp_path / "train_32x32.mat"
+    savemat(path, {"X": np.zeros((32, 32, 3, 20_000), np.uint8), "y": np.ones((20_000, 1), np.uint8)},
+            do_compression=True)
+    assert path.stat().st_size < 100_000
+    seconds, peak = refused_cheaply(lambda: read_mat(path, budget_bytes=16 << 20),
+                                    r"train_32x32.mat: decoding X 32 x 32 x 3 x 20000, y 20000 x 1 needs 58.6 MiB of "
+                                    r"memory, more than the budget of 16.0 MiB \(half the memory free now\)")
+    assert peak < 1 << 20 and seconds < 1
+    images, labels = read_mat(path, budget_bytes=64 << 20)
+    assert images.shape == (20_000, 3, 32, 32) and (labels == 1).all()
