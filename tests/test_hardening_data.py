@@ -19,13 +19,12 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from PIL import Image, UnidentifiedImageError
 
 from stride.datamodules.manifest import manifest_sha256, read_manifest
 from stride.datamodules.swap import journal_path
 from stride.errors import StrideError
 from tiny_data import tiny_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- swap journals: recovery touches only the siblings it made, holding the datasets it recorded ----------
@@ -293,3 +292,75 @@ def test_an_svhn_file_decoding_past_the_memory_budget_is_refused_from_its_header
     assert peak < 1 << 20 and seconds < 1
     images, labels = read_mat(path, budget_bytes=64 << 20)
     assert images.shape == (20_000, 3, 32, 32) and (labels == 1).all()
+
+
+# -- image files: Pillow opens only the formats each reader expects -----------------------------------------
+
+def encoded(image_format: str, size: tuple[int, int] = (8, 6)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (40, 90, 160)).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("image_format", ["EPS", "TIFF", "WEBP"])
+@pytest.mark.parametrize("member", ["png", "jpg"])
+def test_a_shard_image_member_holding_another_format_is_not_decoded(image_format, member):
+    """Before, TIFF and WebP members decoded as if they were PNG or JPEG, and EPS went looking for Ghostscript."""
+    from stride.datamodules.streaming import decode_member
+
+    with pytest.raises(UnidentifiedImageError) as raised:
+        decode_member(member, encoded(image_format))
+    assert "Ghostscript" not in str(raised.value)
+
+
+@pytest.mark.parametrize("image_format", ["EPS", "TIFF", "WEBP"])
+def test_source_images_in_other_formats_are_not_jpegs(tmp_path, image_format):
+    """COCO left out (and counts) such a file; WIDER FACE refuses it. Before, COCO re-encoded TIFF and WebP."""
+    from stride.datamodules.sources.coco_captions import prepare_coco_captions
+
+    source = tmp_path / "coco"
+    files = {"train2017": [encoded("JPEG")] * 3 + [encoded(image_format)], "val2017": [encoded("JPEG")]}
+    (source / "annotations").mkdir(parents=True)
+    for folder, payloads in files.items():
+        (source / folder).mkdir()
+        images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 8, "height": 6} for i in range(len(payloads))]
+        for image, payload in zip(images, payloads):
+            (source / folder / image["file_name"]).write_bytes(payload)
+        captions = [{"id": i, "image_id": i, "caption": "a blue picture"} for i in range(len(payloads))]
+        (source / "annotations" / f"captions_{folder}.json").write_text(
+            json.dumps({"images": images, "annotations": captions}))
+    manifest = prepare_coco_captions(source, tmp_path / "out", val_size=1, min_count=1)
+    assert manifest.skipped_samples == {"not a JPEG or PNG image": 1}
+    assert manifest.source["re_encoded_images"] == 0
+
+    from stride.datamodules.sources.wider_face import read_wider_image
+
+    class Folder:
+        root = tmp_path
+
+        def read(self, relative: str) -> bytes:
+            return encoded(image_format)
+
+        def where(self, relative: str) -> str:
+            return f"{self.root}/{relative}"
+
+    with pytest.raises(StrideError, match=r"face.jpg: not a JPEG image \(cannot identify image file"):
+        read_wider_image(Folder(), "face.jpg", with_sums=False)
+
+
+def test_every_image_open_in_the_data_layers_names_its_formats():
+    """`Image.open` without `formats=` tries every plugin Pillow has (stride/tasks' input readers are checked
+    with their inputs)."""
+    import ast
+
+    import stride
+
+    root = Path(stride.__file__).resolve().parents[1]
+    folders = [root / "datamodules", *(p for p in (root / "stride").iterdir() if p.is_dir() and not p.is_symlink()
+                                       and p.name != "tasks")]
+    files = [*(root / "stride").glob("*.py"), *(f for folder in folders for f in folder.rglob("*.py"))]
+    unrestricted = [f"{path.relative_to(root)}:{node.lineno}" for path in files
+                    for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.Call) and ast.unparse(node.func) == "Image.open"
+                    and "formats" not in {keyword.arg for keyword in node.keywords}]
+    assert len(files) > 40 and not unrestricted
