@@ -10,7 +10,8 @@ The official layout under `--source`, each folder unpacked or as its official zi
 A `_bbx_gt.txt` file repeats: the image path, the face count N, then N lines of ten integers
 `x1 y1 w h blur expression illumination invalid occlusion pose`; an image with N = 0 is still
 followed by one all-zero line, a placeholder rather than a face. Some boxes have zero width or
-height: they stay in the annotation but are no training target (`trainable` false).
+height, or lie wholly outside their image: they stay in the annotation but are no training
+target (`trainable` false), counted per split in the manifest and logged.
 
 Splits: train is WIDER_train minus a seeded held-out validation set of `val_size` images;
 test is WIDER_val, what the official evaluation scores. With the evaluation files the test
@@ -72,8 +73,17 @@ class WiderImage:
         return self.file.split("/", 1)[0]
 
     @property
-    def trainable(self) -> np.ndarray:
+    def sized(self) -> np.ndarray:
+        """Faces whose box has a positive width and height."""
         return (self.boxes[:, 2] > 0) & (self.boxes[:, 3] > 0)
+
+    def overlapping(self, width: int, height: int) -> np.ndarray:
+        """Faces whose box covers some of a `width` x `height` image; another box has no pixel of its face."""
+        x, y, w, h = self.boxes.T
+        return (x < width) & (y < height) & (x + w > 0) & (y + h > 0)
+
+    def trainable(self, width: int, height: int) -> np.ndarray:
+        return self.sized & self.overlapping(width, height)
 
 
 # -- the annotation files ------------------------------------------------------------------------
@@ -363,7 +373,7 @@ def sample_record(image: WiderImage, read: ReadImage) -> dict[str, Any]:
     record: dict[str, Any] = {"file": image.file, "event": image.event, "width": read.width, "height": read.height,
                               "boxes": image.boxes.tolist()}
     record.update({name: values.tolist() for name, values in image.attributes.items()})
-    record["trainable"] = image.trainable.tolist()
+    record["trainable"] = image.trainable(read.width, read.height).tolist()
     if image.landmarks is not None:
         record["landmarks"] = image.landmarks
     if image.subsets is not None:
@@ -377,20 +387,27 @@ class FaceCounts:
     images_without_faces: int = 0
     kept: int = 0
     zero_width_or_height: int = 0
+    outside_image: int = 0  # boxes wholly outside their image: dropped
+    first_outside: str = ""  # the first of them, for the log
     partly_outside_image: int = 0  # kept faces whose box crosses the image border (the loader clips them)
 
     def add(self, image: WiderImage, read: ReadImage) -> None:
-        trainable = image.trainable
+        sized, overlapping = image.sized, image.overlapping(read.width, read.height)
+        trainable = sized & overlapping
         x, y, w, h = image.boxes[trainable].T
         self.images += 1
         self.images_without_faces += not len(image.boxes)
         self.kept += int(trainable.sum())
-        self.zero_width_or_height += int((~trainable).sum())
+        self.zero_width_or_height += int((~sized).sum())
+        outside = sized & ~overlapping
+        if outside.any() and not self.outside_image:
+            self.first_outside = f"{image.file} ({read.width} x {read.height}): {image.boxes[outside][0].tolist()}"
+        self.outside_image += int(outside.sum())
         self.partly_outside_image += int(((x < 0) | (y < 0) | (x + w > read.width) | (y + h > read.height)).sum())
 
     def summary(self) -> dict[str, Any]:
         return {"images": self.images, "images_without_faces": self.images_without_faces, "kept": self.kept,
-                "dropped": {"zero_width_or_height": self.zero_width_or_height},
+                "dropped": {"zero_width_or_height": self.zero_width_or_height, "outside_image": self.outside_image},
                 "partly_outside_image": self.partly_outside_image}
 
 
@@ -469,6 +486,10 @@ def prepare_wider_face(source: str | Path, out: str | Path, *, val_size: int = 1
             if written.re_encoded:
                 log.warning("%s: %d image(s) were not RGB JPEGs and were re-encoded as RGB JPEGs", dataset,
                             written.re_encoded)
+            for split, counts in written.counts.items():
+                if counts.outside_image:
+                    log.warning("%s: left out %d face box(es) of the %s split lying wholly outside their image "
+                                "(first: %s)", dataset, counts.outside_image, split, counts.first_outside)
             annotations["faces"] = {split: counts.summary() for split, counts in written.counts.items()}
             if subsets_from:
                 annotations["subsets"] = {"from": subsets_from, "split": "test", "faces": {
