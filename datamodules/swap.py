@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stride.bounded_loading import read_json_file
@@ -97,7 +97,7 @@ def swap_in(new: Path, target: Path) -> None:
     pending = journal.with_suffix(".tmp")
     record = Journal(new=token, old=new_token("old"), new_manifest_sha256=manifest_sha256(new),
                      old_manifest_sha256=manifest_sha256(target))
-    pending.write_text(json.dumps({"format": JOURNAL_FORMAT, **record.__dict__}))
+    pending.write_text(json.dumps({"format": JOURNAL_FORMAT, **asdict(record)}))
     with open(pending, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(pending, journal)
@@ -145,6 +145,9 @@ def finish_swap(target: Path) -> bool:
         _check_holds(journal, new, record.new_manifest_sha256, "the new dataset")
         _check_holds(journal, target if target.exists() else old, record.old_manifest_sha256, "the old dataset")
         if target.exists():
+            if old.exists():
+                raise StrideError(f"{journal}: {old} exists already, so {target} cannot be moved there; stride moved "
+                                  f"and deleted nothing. Delete {journal.name} unless you interrupted a replacement")
             os.rename(target, old)
         os.rename(new, target)
         _fsync_folder(target.parent)

@@ -98,7 +98,8 @@ class ShardWriter:
                 self._tar_file.close()
         if exc_type is None:
             return
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        if self.tmp_dir not in journalled_folders(self.out_dir.parent):  # a swap that began is finished, not undone
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             kept = "; the existing dataset there is untouched" if (self.out_dir / MANIFEST_NAME).is_file() else ""
             raise StrideError(f"disk full while writing the dataset {self.out_dir}: {exc.strerror} on the file system "

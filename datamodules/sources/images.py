@@ -61,8 +61,9 @@ def decode_image(payload: bytes, where: str, rules: ImageRules, with_sums: bool)
         with Image.open(io.BytesIO(payload), formats=list(rules.formats)) as image:
             re_encoded = image.format != "JPEG" or image.mode not in rules.kept_modes
             rgb = image.convert("RGB")  # decodes every pixel: a truncated file fails here
-    except UnidentifiedImageError as err:
-        raise UnusableImage(where, f"not a {' or '.join(rules.formats)} image", str(err)) from None
+    except UnidentifiedImageError:
+        raise UnusableImage(where, f"not a {' or '.join(rules.formats)} image", "its content is none of these "
+                            "formats, whatever its name says") from None
     except Exception as err:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
         raise UnusableImage(where, "image file does not decode", f"{type(err).__name__}: {err}") from None
     if re_encoded:
