@@ -25,6 +25,7 @@ from stride.errors import StrideError
 IDX_UBYTE = 0x08
 IMAGES_MAGIC = 0x00000803  # ubyte, 3 dimensions
 LABELS_MAGIC = 0x00000801  # ubyte, 1 dimension
+MAX_CHECKED_BYTES = 64 << 20  # checked past a bad header; the largest official file inflates to 47 MB
 
 DATASETS = {
     "mnist": ("MNIST", [str(d) for d in range(10)]),
@@ -51,7 +52,11 @@ def read_idx(path: Path, expected_magic: int, budget_bytes: int | None = None) -
     """The array of an IDX file, gzipped or not; never more than its header declares is inflated or read."""
     try:
         with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as stream:
-            dims = _read_header(stream, path, expected_magic)
+            try:
+                dims = _read_header(stream, path, expected_magic)
+            except StrideError:
+                _drain(stream, MAX_CHECKED_BYTES)  # a damaged .gz is called damaged, not named by its garbage
+                raise
             expected = math.prod(dims)  # Python integers: 2**32 - 1 cubed is not 12884901887
             declared = f"{' x '.join(map(str, dims))} = {expected:,} bytes of data"
             check_fits(str(path), expected, f"the header's {declared}", budget_bytes)
@@ -62,6 +67,12 @@ def read_idx(path: Path, expected_magic: int, budget_bytes: int | None = None) -
         found = f"{len(raw):,}" if len(raw) < expected else "more (the rest is not read)"
         raise StrideError(f"{path}: truncated or padded: header says {declared}, found {found}")
     return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
+
+
+def _drain(stream: BinaryIO, limit_bytes: int) -> None:
+    """Read on (and discard) up to `limit_bytes`, so that a corrupt deflate stream or checksum shows."""
+    while limit_bytes > 0 and (chunk := stream.read(min(limit_bytes, 1 << 20))):
+        limit_bytes -= len(chunk)
 
 
 def _read_header(stream: BinaryIO, path: Path, expected_magic: int) -> tuple[int, ...]:
