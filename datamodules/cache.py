@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from stride.datamodules.manifest import Manifest, ShardEntry, sha256_of, verify_shards
+from stride.datamodules.memory_budget import host_budget_bytes
 from stride.datamodules.streaming import KEY_FIELD, decode_member, iter_shard, plan_slot
 from stride.errors import StrideError
 
@@ -219,9 +220,7 @@ def default_budget_bytes(mode: str, device: torch.device | None) -> int:
     if mode == "device" and device is not None and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
-    import psutil
-
-    return psutil.virtual_memory().available // 2
+    return host_budget_bytes()
 
 
 class CachedStream(IterableDataset):

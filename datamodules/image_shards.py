@@ -11,6 +11,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from stride.datamodules.manifest import Manifest
+from stride.datamodules.pixel_stats import PixelSums
 from stride.datamodules.writer import ShardWriter
 
 ENCODINGS = ("png", "npy")
@@ -27,10 +28,12 @@ def encode_image(image: np.ndarray, encoding: str) -> bytes:
     return buffer.getvalue()
 
 
-def channel_stats(images: np.ndarray) -> dict[str, list[float]]:
+def channel_stats(images: np.ndarray, chunk: int = 1024) -> dict[str, list[float]]:
     """Per-channel mean and std of uint8 N x C x H x W images, on the [0, 1] scale."""
-    pixels = images.astype(np.float64) / 255.0
-    return {"mean": pixels.mean(axis=(0, 2, 3)).round(6).tolist(), "std": pixels.std(axis=(0, 2, 3)).round(6).tolist()}
+    sums = PixelSums.empty(images.shape[1])
+    for start in range(0, len(images), chunk):
+        sums.add(images[start:start + chunk], channel_axis=1)
+    return sums.stats()
 
 
 def write_image_classification(

@@ -8,18 +8,22 @@ for every split its shards with their sample counts, byte sizes and sha256.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, field_validator
 
+from stride.bounded_loading import read_json_file
+from stride.datamodules.digest import MANIFEST_NAME, manifest_sha256, sha256_of
 from stride.datamodules.swap import finish_swap
 from stride.errors import StrideError
+from stride.names import plain_name
+
+__all__ = ["MANIFEST_NAME", "Manifest", "ShardEntry", "SplitEntry", "manifest_sha256", "read_manifest", "sha256_of",
+           "verify_shards"]
 
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 64 << 20  # a shard's entry is about 150 bytes: room for 400,000 shards
 
 
 class ShardEntry(BaseModel):
@@ -28,6 +32,15 @@ class ShardEntry(BaseModel):
     num_samples: NonNegativeInt
     num_bytes: NonNegativeInt
     sha256: str
+
+    @field_validator("name")
+    @classmethod
+    def _inside_the_dataset_folder(cls, name: str) -> str:
+        """A shard is read from the manifest's own folder: `../x.tar` or `/x.tar` would read data from elsewhere."""
+        try:
+            return plain_name(name, "shard name")
+        except StrideError as err:
+            raise ValueError(str(err)) from None
 
 
 class SplitEntry(BaseModel):
@@ -58,29 +71,13 @@ class Manifest(BaseModel):
             raise StrideError(f"dataset {self.dataset!r} has no split {name!r} (has: {', '.join(self.splits)})") from None
 
 
-def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def manifest_sha256(root: Path) -> str:
-    """Identity of a dataset: the hash of its manifest (which hashes every shard)."""
-    return sha256_of(Path(root) / MANIFEST_NAME)
-
-
 def read_manifest(root: str | Path) -> Manifest:
     finish_swap(Path(root).absolute())  # a replacement killed half-way is rolled forward first
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         hint = "" if Path(root).exists() else " (the folder does not exist; create it with `stride data prepare`)"
         raise StrideError(f"no dataset at {root}: {path} not found{hint}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StrideError(f"{path}: not valid JSON ({err})") from None
+    data = read_json_file(path, max_bytes=MAX_MANIFEST_BYTES)
     if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
         raise StrideError(f"{path}: format_version {data.get('format_version')!r} is not supported "
                           f"(expected {FORMAT_VERSION})")

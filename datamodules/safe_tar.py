@@ -22,13 +22,17 @@ def is_archive(path: Path) -> bool:
     return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
 
 
-def read_archive_files(archive: Path, wanted: Callable[[str], bool]) -> dict[str, bytes]:
+def read_archive_files(archive: Path, wanted: Callable[[str], bool], *, max_file_bytes: int,
+                       max_total_bytes: int) -> dict[str, bytes]:
     """The regular files of `archive` whose member names (`./` prefixes dropped) are `wanted`.
 
     Every member is checked; only wanted ones are read into memory, so an archive that also
-    holds something huge costs nothing for it.
+    holds something huge costs nothing for it. Sizes come from the member headers, before
+    anything is inflated: a wanted file over `max_file_bytes`, or members adding up to more
+    than `max_total_bytes`, refuse the archive (a few MB of .tar.gz can inflate to gigabytes).
     """
     files: dict[str, bytes] = {}
+    total = 0
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
@@ -42,6 +46,13 @@ def read_archive_files(archive: Path, wanted: Callable[[str], bool]) -> dict[str
                     raise StrideError(f"{archive}: member {member.name!r} is a {kind}; a dataset archive holds only "
                                       "plain files and folders, refusing it")
                 name = "/".join(part for part in member.name.split("/") if part != ".")
+                total += member.size
+                if wanted(name) and member.size > max_file_bytes:
+                    raise StrideError(f"{archive}: member {member.name!r} holds {member.size:,} bytes, more than any "
+                                      f"file of this dataset ({max_file_bytes:,}); refusing to inflate it")
+                if total > max_total_bytes:
+                    raise StrideError(f"{archive}: its members up to {member.name!r} hold {total:,} bytes, more than "
+                                      f"the whole dataset ({max_total_bytes:,}); refusing to inflate it")
                 if wanted(name):
                     files[name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:

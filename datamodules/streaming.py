@@ -39,10 +39,14 @@ from stride.names import is_plain_relative
 KEY_FIELD = "__key__"  # a pseudo-field: the sample's key, for tracing samples
 
 
-def _decode_image(payload: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(payload)) as image:
-        array = np.asarray(image)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # CHW
+def _image_decoder(image_format: str) -> Callable[[bytes], np.ndarray]:
+    """A decoder that lets Pillow try only `image_format`: a .png member holding a TIFF or an EPS is an error."""
+    def decode(payload: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(payload), formats=[image_format]) as image:
+            array = np.asarray(image)
+        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # CHW
+
+    return decode
 
 
 def _decode_npy(payload: bytes) -> np.ndarray:
@@ -50,9 +54,9 @@ def _decode_npy(payload: bytes) -> np.ndarray:
 
 
 SAFE_DECODERS: dict[str, Callable[[bytes], Any]] = {
-    "png": _decode_image,
-    "jpg": _decode_image,
-    "jpeg": _decode_image,
+    "png": _image_decoder("PNG"),
+    "jpg": _image_decoder("JPEG"),
+    "jpeg": _image_decoder("JPEG"),
     "npy": _decode_npy,
     "cls": lambda payload: int(payload.decode("ascii")),
     "txt": lambda payload: payload.decode("utf-8"),

@@ -8,22 +8,22 @@ existing dataset needs `overwrite=True`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
 import shutil
 import tarfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 from stride import __version__
 from stride.datamodules.manifest import MANIFEST_NAME, Manifest, ShardEntry, SplitEntry, sha256_of
-from stride.datamodules.swap import finish_swap, journalled_folders, swap_in
+from stride.datamodules.swap import TMP_MARK, finish_swap, journalled_folders, new_token, pid_of, sibling, \
+    swap_in, token_of
 from stride.errors import StrideError
 from stride.names import plain_name
-
-TMP_MARK = ".stride-tmp-"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -42,13 +42,8 @@ def remove_stale_temporaries(out_dir: Path) -> None:
     finish_swap(out_dir)
     needed = journalled_folders(out_dir.parent)
     for candidate in out_dir.parent.glob(f".{out_dir.name}{TMP_MARK}*"):
-        if candidate in needed:
-            continue
-        try:
-            pid = int(candidate.name.rsplit("-", 2)[-2])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
+        token = token_of(candidate, out_dir)
+        if token is not None and candidate not in needed and not _pid_alive(pid_of(token)):
             shutil.rmtree(candidate, ignore_errors=True)
 
 
@@ -67,9 +62,10 @@ class ShardWriter:
         self.overwrite = overwrite
         remove_stale_temporaries(self.out_dir)  # first: it may put an interrupted replacement in place
         self._check_target()
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp_dir = sibling(self.out_dir, new_token())
         self._splits: dict[str, list[ShardEntry]] = {}
         self._tar: tarfile.TarFile | None = None
+        self._tar_file: io.BufferedWriter | None = None
         self._tar_split = ""
         self._tar_count = 0
         self._keys: set[tuple[str, str]] = set()
@@ -97,21 +93,29 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._tar is not None:
-            self._tar.close()
-            self._tar = None
-        if exc_type is not None:
+        if self._tar_file is not None:  # left open by an error: its buffer may not be writable either
+            with contextlib.suppress(OSError):
+                self._tar_file.close()
+        if exc_type is None:
+            return
+        if self.tmp_dir not in journalled_folders(self.out_dir.parent):  # a swap that began is finished, not undone
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "; the existing dataset there is untouched" if (self.out_dir / MANIFEST_NAME).is_file() else ""
+            raise StrideError(f"disk full while writing the dataset {self.out_dir}: {exc.strerror} on the file system "
+                              f"holding {self.out_dir.parent}; its temporary folder was removed{kept}. Free some "
+                              "space and run the command again") from None
 
     def _close_shard(self) -> None:
         if self._tar is None:
             return
-        self._tar.close()
-        self._tar = None
+        self._tar.close()  # writes the end-of-archive blocks, leaves the file to us
+        self._tar_file.flush()
+        os.fsync(self._tar_file.fileno())
+        self._tar_file.close()
+        self._tar = self._tar_file = None
         name = f"{self._tar_split}-{len(self._splits[self._tar_split]) :06d}.tar"
         path = self.tmp_dir / name
-        with open(path, "rb+") as handle:
-            os.fsync(handle.fileno())
         self._splits[self._tar_split].append(
             ShardEntry(name=name, num_samples=self._tar_count, num_bytes=path.stat().st_size, sha256=sha256_of(path)))
 
@@ -125,7 +129,8 @@ class ShardWriter:
             self._close_shard()
         if self._tar is None:
             shards = self._splits.setdefault(split, [])
-            self._tar = tarfile.open(self.tmp_dir / f"{split}-{len(shards):06d}.tar", "w", format=tarfile.USTAR_FORMAT)
+            self._tar_file = open(self.tmp_dir / f"{split}-{len(shards):06d}.tar", "wb")
+            self._tar = tarfile.open(fileobj=self._tar_file, mode="w", format=tarfile.USTAR_FORMAT)
             self._tar_split, self._tar_count = split, 0
         for ext, payload in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
@@ -139,6 +144,9 @@ class ShardWriter:
         plain_name(name, "dataset file")
         if name == MANIFEST_NAME or name.endswith(".tar") or (self.tmp_dir / name).exists():
             raise ValueError(f"dataset file {name!r} is the manifest, a shard name or already written")
+        return self._write_synced(name, data)
+
+    def _write_synced(self, name: str, data: bytes) -> Path:
         path = self.tmp_dir / name
         with open(path, "wb") as handle:
             handle.write(data)
@@ -152,10 +160,6 @@ class ShardWriter:
         splits = {name: SplitEntry(num_samples=sum(s.num_samples for s in shards), shards=shards)
                   for name, shards in self._splits.items()}
         manifest = Manifest(splits=splits, stride_version=__version__, **manifest_fields)
-        manifest_path = self.tmp_dir / MANIFEST_NAME
-        manifest_path.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
-        with open(manifest_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        old = self.out_dir.parent / f".{self.out_dir.name}{TMP_MARK}{os.getpid()}-old{uuid.uuid4().hex[:4]}"
-        swap_in(self.tmp_dir, self.out_dir, old)
+        self._write_synced(MANIFEST_NAME, (json.dumps(manifest.model_dump(), indent=2) + "\n").encode())
+        swap_in(self.tmp_dir, self.out_dir)
         return manifest

@@ -87,7 +87,7 @@ def write_coco(root: Path) -> dict[int, bytes]:
     """Train 2014: 5 good images (one grayscale, one CMYK, one a PNG named .jpg), plus one of each defect."""
     payloads = {1: jpeg(40, 30, (200, 10, 10)), 2: jpeg(32, 48, (10, 200, 10), "L"), 3: jpeg(20, 20, (9, 9, 200)),
                 4: jpeg(24, 16, (50, 60, 70), "CMYK"), 5: jpeg(16, 16, (90, 90, 9), fmt="PNG"),
-                8: b"\xff\xd8 not really a jpeg", 9: jpeg(10, 10, (1, 2, 3)), 11: jpeg(30, 20, (5, 5, 5)),
+                8: b"\xff\xd8\xff\xe0 not really a jpeg", 9: jpeg(10, 10, (1, 2, 3)), 11: jpeg(30, 20, (5, 5, 5)),
                 12: jpeg(20, 30, (250, 250, 250))}
     sizes = {1: (40, 30), 2: (32, 48), 3: (20, 20), 4: (24, 16), 5: (16, 16), 6: (8, 8), 7: (8, 8), 8: (9, 9),
              9: (99, 10), 11: (30, 20), 12: (20, 30)}

@@ -1,6 +1,7 @@
 """WIDER FACE from its official files (folders, zips, evaluation .mat, RetinaFace label.txt); the composed faces."""
 
 import json
+import logging
 import zipfile
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_official_files_round_trip_through_shards(tmp_path):
     assert {file for file, split in seen.items() if split == "test"} == set(expected_faces(VAL_TXT))
     assert {file for file, split in seen.items() if split != "test"} == set(expected_faces(TRAIN_TXT))
     counts = manifest.annotations["faces"]
-    assert counts["test"]["kept"] == 2 and counts["test"]["dropped"] == {"zero_width_or_height": 1}
+    assert counts["test"]["kept"] == 2 and counts["test"]["dropped"] == {"zero_width_or_height": 1, "outside_image": 0}
     assert sum(counts[s]["kept"] for s in ("train", "val")) == 5
     assert sum(counts[s]["dropped"]["zero_width_or_height"] for s in ("train", "val")) == 1
     assert sum(counts[s]["images_without_faces"] for s in ("train", "val")) == 1
@@ -167,7 +168,7 @@ def test_a_missing_placeholder_line_is_read_as_no_faces():
     text = TRAIN_TXT.replace("0\n0 0 0 0 0 0 0 0 0 0 \n", "0\n")
     images = parse_bbx_gt(text, "t")
     assert [len(image.boxes) for image in images] == [2, 0, 3, 1]
-    assert images[2].trainable.tolist() == [True, False, True]
+    assert images[2].sized.tolist() == [True, False, True]
 
 
 def test_missing_or_corrupt_images_are_errors_naming_them(tmp_path):
@@ -179,10 +180,10 @@ def test_missing_or_corrupt_images_are_errors_naming_them(tmp_path):
         prepare_wider_face(tmp_path / "raw", tmp_path / "out", val_size=1)
     assert not (tmp_path / "out").exists()
     missing.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    with pytest.raises(StrideError, match=r"2_Demonstration_Protesters_2_4.jpg: the image does not decode"):
+    with pytest.raises(StrideError, match=r"2_Demonstration_Protesters_2_4.jpg: image file does not decode"):
         prepare_wider_face(tmp_path / "raw", tmp_path / "out", val_size=1)
     Image.new("RGB", (8, 8)).save(missing, format="PNG")
-    with pytest.raises(StrideError, match=r"2_Demonstration_Protesters_2_4.jpg: a PNG image, expected a JPEG"):
+    with pytest.raises(StrideError, match=r"2_Demonstration_Protesters_2_4.jpg: not a JPEG image"):
         prepare_wider_face(tmp_path / "raw", tmp_path / "out", val_size=1)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))  # nothing half-written
 
@@ -195,6 +196,22 @@ def test_a_grayscale_jpeg_is_re_encoded_as_rgb_and_counted(tmp_path):
     assert manifest.source["re_encoded_images"] == 1
     record = next(s for s in read_samples(tmp_path / "out", "test") if s[2]["file"].endswith(grey.name))
     assert decode_member("jpg", record[1]).shape == (3, 48, 36)
+
+
+def test_a_box_wholly_outside_its_image_is_dropped_counted_and_logged(tmp_path, caplog):
+    """Before, `5000 5000 100 100` on a 44 x 40 image was a training target, counted as partly outside."""
+    val_txt = VAL_TXT.replace("2\n5 5 9 9", "4\n5000 5000 100 100 0 0 0 0 0 0 \n-30 2 30 8 0 0 0 0 0 0 \n5 5 9 9")
+    write_wider(tmp_path / "raw", val_txt=val_txt)
+    with caplog.at_level(logging.WARNING):
+        manifest = prepare_wider_face(tmp_path / "raw", tmp_path / "out", val_size=1)
+    record = next(s[2] for s in read_samples(tmp_path / "out", "test") if s[2]["file"].startswith("2--"))
+    assert record["boxes"][:2] == [[5000, 5000, 100, 100], [-30, 2, 30, 8]]
+    assert record["trainable"] == [False, False, True, False]
+    counts = manifest.annotations["faces"]["test"]
+    assert counts["dropped"] == {"zero_width_or_height": 1, "outside_image": 2} and counts["kept"] == 2
+    assert counts["partly_outside_image"] == 0
+    assert ("left out 2 face box(es) of the test split lying wholly outside their image (first: 2--Demonstration/"
+            "2_Demonstration_Protesters_2_4.jpg (44 x 40): [5000, 5000, 100, 100])") in caplog.text
 
 
 def test_official_zip_archives_are_read_in_place(tmp_path):

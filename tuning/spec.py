@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 
 from stride.architectures import get as get_architecture
 from stride.architectures import names as architecture_names
+from stride.bounded_loading import load_yaml
 from stride.config.loading import load_raw, parse_override, set_dotted, validate
 from stride.config.schema import StrideConfig
 from stride.errors import StrideError
@@ -153,10 +154,7 @@ def read_spec(name_or_path: str) -> tuple[dict[str, Any], str, Path | None]:
     else:
         raise StrideError(f"unknown search spec {name_or_path!r}; built-in specs: {', '.join(spec_names())} "
                           "(or give a path to a .yaml file)")
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise StrideError(f"{source}: not valid YAML: {err}") from None
+    data = load_yaml(text, source) or {}
     if not isinstance(data, dict):
         raise StrideError(f"{source}: expected a mapping (base, space, ...), got {type(data).__name__}")
     if folder is None:

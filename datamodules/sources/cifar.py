@@ -28,6 +28,8 @@ from stride.errors import StrideError
 
 SIDE_PX = 32
 ROW_BYTES = 3 * SIDE_PX * SIDE_PX
+MAX_FILE_BYTES = 160 << 20  # the largest official file, CIFAR-100's `train`, is about 155 MB
+MAX_ARCHIVE_BYTES = 200 << 20  # each official archive inflates to about 185 MB
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,12 @@ class SourceFiles:
         return name in self.members if self.members is not None else (self.root / name).is_file()
 
     def read(self, name: str) -> bytes:
-        return self.members[name] if self.members is not None else (self.root / name).read_bytes()
+        if self.members is not None:
+            return self.members[name]
+        if (size := (self.root / name).stat().st_size) > MAX_FILE_BYTES:
+            raise StrideError(f"{self.where(name)}: {size:,} bytes, more than any official CIFAR file "
+                              f"({MAX_FILE_BYTES:,}); refusing to read it")
+        return (self.root / name).read_bytes()
 
     def where(self, name: str) -> str:
         """How errors name a file: its path, or `archive.tar.gz:member`."""
@@ -131,7 +138,9 @@ def open_source(source: Path, dataset: CifarDataset) -> tuple[SourceFiles, Layou
     else:
         raise StrideError(f"--source {source} is neither a folder nor a .tar.gz archive")
     for archive in archives:
-        searched.append(SourceFiles(archive, read_archive_files(archive, is_cifar_file)))
+        members = read_archive_files(archive, is_cifar_file, max_file_bytes=MAX_FILE_BYTES,
+                                     max_total_bytes=MAX_ARCHIVE_BYTES)
+        searched.append(SourceFiles(archive, members))
         if found := find_layout(searched[-1], dataset):
             return searched[-1], *found
     others = [other.title for other in DATASETS.values() if other is not dataset and any(

@@ -19,22 +19,21 @@ The vocabulary of the training captions is saved inside the dataset (`vocabulary
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
-from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
-import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
+from stride.bounded_loading import read_json_file
 from stride.datamodules.image_shards import deterministic_split
 from stride.datamodules.manifest import Manifest, sha256_of
+from stride.datamodules.pixel_stats import PixelSums
+from stride.datamodules.sources.images import ImageRules, ReadImage, UnusableImage, decode_image, read_in_order
 from stride.datamodules.vocabulary import VOCABULARY_FILE, Vocabulary, tokenize
 from stride.datamodules.writer import ShardWriter
 from stride.errors import StrideError
@@ -44,7 +43,7 @@ log = logging.getLogger(__name__)
 YEARS = ("2017", "2014")  # the first found wins: 2017 is the split the study used (docs/models.md, A4)
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 SPLITS = ("train", "val", "test")
-READ_WORKERS = min(8, os.cpu_count() or 1)  # Pillow and numpy release the GIL while decoding
+MAX_ANNOTATION_BYTES = 1 << 30  # captions_train2017.json is 92 MB, Karpathy's dataset_coco.json 144 MB
 
 
 @dataclass(frozen=True)
@@ -85,15 +84,6 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def load_json(path: Path) -> Any:
-    if not path.is_file():
-        raise StrideError(f"{path}: missing")
-    try:
-        return json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StrideError(f"{path}: not valid JSON ({err})") from None
-
-
 def field(path: Path, record: Any, where: str, key: str, kind: str) -> Any:
     """`record[key]` after checking it is `kind`; `where` is the record's key path, e.g. `annotations[17]`."""
     at = f"{where}.{key}" if where else key
@@ -120,7 +110,7 @@ def worded(captions: Iterable[str], where: str, skips: Skips) -> tuple[str, ...]
 
 def read_official(path: Path, folder: str, skips: Skips) -> list[CaptionedImage]:
     """The captioned images of one official annotation file, sorted by id; their files are in `folder`."""
-    data = load_json(path)
+    data = read_json_file(path, max_bytes=MAX_ANNOTATION_BYTES)
     images: dict[int, dict[str, Any]] = {}
     for index, record in enumerate(field(path, data, "", "images", "list")):
         where = f"images[{index}]"
@@ -155,7 +145,7 @@ def captioned(images: dict[int, dict[str, Any]], source: str, skips: Skips) -> l
 
 
 def read_karpathy(path: Path, skips: Skips) -> dict[str, list[CaptionedImage]]:
-    data = load_json(path)
+    data = read_json_file(path, max_bytes=MAX_ANNOTATION_BYTES)
     splits: dict[str, dict[int, dict[str, Any]]] = {split: {} for split in SPLITS}
     seen: set[int] = set()
     for index, record in enumerate(field(path, data, "", "images", "list")):
@@ -215,71 +205,17 @@ def present(images: list[CaptionedImage], source: Path, skips: Skips) -> list[Ca
 
 # -- reading the images and writing the dataset ------------------------------------------------
 
-@dataclass
-class PixelSums:
-    """Running per-channel sums of the training pixels on the [0, 1] scale, for the manifest's stats."""
-
-    total: np.ndarray
-    squares: np.ndarray
-    count: int = 0
-
-    @classmethod
-    def empty(cls) -> "PixelSums":
-        return cls(np.zeros(3), np.zeros(3))
-
-    def add(self, sums: tuple[np.ndarray, np.ndarray, int]) -> None:
-        self.total += sums[0]
-        self.squares += sums[1]
-        self.count += sums[2]
-
-    def stats(self) -> dict[str, list[float]]:
-        mean = self.total / max(self.count, 1)
-        std = np.sqrt(np.maximum(self.squares / max(self.count, 1) - mean ** 2, 0))
-        return {"mean": mean.round(6).tolist(), "std": std.round(6).tolist()}
+COCO_IMAGES = ImageRules(formats=("JPEG", "PNG"), kept_modes=("RGB", "L"))  # a PNG under a .jpg name is re-encoded
 
 
-@dataclass
-class ReadImage:
-    payload: bytes
-    width: int
-    height: int
-    converted: bool  # re-encoded as an RGB JPEG: not a JPEG, or a mode (CMYK, palette) the loaders do not read
-    sums: tuple[np.ndarray, np.ndarray, int] | None
-
-
-def read_image(path: Path, with_sums: bool) -> ReadImage | str:
-    """The file's bytes, checked to decode; or why it cannot be used."""
+def read_coco_image(path: Path, with_sums: bool) -> ReadImage | UnusableImage:
+    """The image at `path`, or why it cannot be used: such an image is counted and left out, not an error."""
     try:
-        payload = path.read_bytes()
+        return decode_image(path.read_bytes(), str(path), COCO_IMAGES, with_sums)
     except OSError as err:
-        return f"image file unreadable ({err.strerror})"
-    try:
-        with Image.open(io.BytesIO(payload)) as image:
-            converted = image.format != "JPEG" or image.mode not in ("RGB", "L")
-            rgb = image.convert("RGB")  # decodes every pixel: a truncated file fails here
-    except Exception:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
-        return "image file does not decode"
-    if converted:
-        buffer = io.BytesIO()
-        rgb.save(buffer, format="JPEG", quality=95)
-        payload = buffer.getvalue()
-    sums = None
-    if with_sums:
-        pixels = np.asarray(rgb, dtype=np.float32).reshape(-1, 3) / 255
-        sums = (pixels.sum(axis=0, dtype=np.float64), np.square(pixels).sum(axis=0, dtype=np.float64), len(pixels))
-    return ReadImage(payload, rgb.width, rgb.height, converted, sums)
-
-
-def read_in_order(paths: Iterable[Path], with_sums: bool, window: int = 64) -> Iterator[ReadImage | str]:
-    """`read_image` of each path, in order, a few in parallel but never more than `window` held at once."""
-    with ThreadPoolExecutor(READ_WORKERS) as pool:
-        pending: deque = deque()
-        for path in paths:
-            pending.append(pool.submit(read_image, path, with_sums))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        return UnusableImage(str(path), "image file unreadable", err.strerror)
+    except UnusableImage as err:
+        return err
 
 
 def check_vocabulary(vocabulary: Vocabulary, dataset: str, min_count: int) -> None:
@@ -307,10 +243,12 @@ def write_caption_dataset(out: str | Path, splits: dict[str, list[CaptionedImage
             for split in SPLITS:
                 images = splits[split]
                 written = 0
-                for image, read in zip(images, read_in_order((root / i.file for i in images), split == "train")):
+                paths = (root / image.file for image in images)
+                reads = read_in_order(partial(read_coco_image, with_sums=split == "train"), paths)
+                for image, read in zip(images, reads):
                     progress.update()
-                    if isinstance(read, str):
-                        skips.add(read, str(root / image.file))
+                    if isinstance(read, UnusableImage):
+                        skips.add(read.reason, str(root / image.file))
                         continue
                     if image.width is not None and (image.width, image.height) != (read.width, read.height):
                         skips.add("image size differs from its annotation",
@@ -321,10 +259,10 @@ def write_caption_dataset(out: str | Path, splits: dict[str, list[CaptionedImage
                               "height": read.height, "captions": list(image.captions)}
                     writer.add(split, f"{image.image_id:012d}",
                                {"jpg": read.payload, "json": json.dumps(record, ensure_ascii=False).encode("utf-8")})
-                    converted += read.converted
+                    converted += read.re_encoded
                     written += 1
                     if split == "train":
-                        pixels.add(read.sums)
+                        pixels.merge(read.sums)
                         train_captions.extend(image.captions)
                 if not written:
                     raise StrideError(f"{dataset}: the {split} split has no usable images "

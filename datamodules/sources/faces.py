@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from stride.datamodules.manifest import Manifest
-from stride.datamodules.sources.patches import Photograph, photograph_path
+from stride.datamodules.sources.patches import Photograph, photograph_path, read_photograph
 from stride.datamodules.sources.wider_eval_mat import write_wider_eval
 from stride.datamodules.sources.wider_face import ATTRIBUTES, prepare_wider_face
 
@@ -92,10 +92,7 @@ class Assets:
 
     def __init__(self) -> None:
         self.crops = np.load(photograph_path(LFW), allow_pickle=False)  # 200 x 25 x 25 floats in [0, 1]
-        self.photographs = {}
-        for photograph in BACKGROUNDS:
-            with Image.open(photograph_path(photograph)) as image:
-                self.photographs[photograph.name] = image.convert("RGB")
+        self.photographs = {photograph.name: read_photograph(photograph, "RGB") for photograph in BACKGROUNDS}
 
 
 def background_crop(assets: Assets, rng: np.random.Generator, split: str, width: int,
@@ -238,5 +235,4 @@ def prepare_faces(out: str | Path, *, seed: int = 0, val_size: int = 40, samples
 
 def astronaut_face() -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """`skimage.data.astronaut()` (uint8 512 x 512 x 3) and its one face box x1, y1, x2, y2: a real-photo smoke test."""
-    with Image.open(photograph_path(ASTRONAUT)) as image:
-        return np.asarray(image.convert("RGB")), ASTRONAUT_FACE_BOX
+    return np.asarray(read_photograph(ASTRONAUT, "RGB")), ASTRONAUT_FACE_BOX

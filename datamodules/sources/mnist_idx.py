@@ -9,19 +9,23 @@ when online). Every defect is reported with the file and what was expected.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from stride.datamodules.image_shards import deterministic_split, write_image_classification
 from stride.datamodules.manifest import Manifest
+from stride.datamodules.memory_budget import check_fits
 from stride.errors import StrideError
 
 IDX_UBYTE = 0x08
 IMAGES_MAGIC = 0x00000803  # ubyte, 3 dimensions
 LABELS_MAGIC = 0x00000801  # ubyte, 1 dimension
+MAX_CHECKED_BYTES = 64 << 20  # checked past a bad header; the largest official file inflates to 47 MB
 
 DATASETS = {
     "mnist": ("MNIST", [str(d) for d in range(10)]),
@@ -34,35 +38,56 @@ FILES = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "t
 
 
 def find_idx_file(source: Path, stem: str, torchvision_name: str) -> Path:
-    for folder in (source, source / "raw", source / torchvision_name / "raw"):
-        for candidate in (folder / stem, folder / f"{stem}.gz"):
-            if candidate.is_file():
-                return candidate
+    candidates = [folder / name for folder in (source, source / "raw", source / torchvision_name / "raw")
+                  for name in (stem, f"{stem}.gz")]
+    if found := next((candidate for candidate in candidates if candidate.is_file()), None):
+        return found
+    if other := next((candidate for candidate in candidates if candidate.exists()), None):
+        raise StrideError(f"{other}: is a folder or special file, not the IDX file {stem} (or {stem}.gz)")
     raise StrideError(f"{source}: missing {stem} (or {stem}.gz); expected the official IDX files "
                       f"{', '.join(FILES.values())}")
 
 
-def read_idx(path: Path, expected_magic: int) -> np.ndarray:
+def read_idx(path: Path, expected_magic: int, budget_bytes: int | None = None) -> np.ndarray:
+    """The array of an IDX file, gzipped or not; never more than its header declares is inflated or read."""
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as stream:
+            try:
+                dims = _read_header(stream, path, expected_magic)
+            except StrideError:
+                _drain(stream, MAX_CHECKED_BYTES)  # a damaged .gz is called damaged, not named by its garbage
+                raise
+            expected = math.prod(dims)  # Python integers: 2**32 - 1 cubed is not 12884901887
+            declared = f"{' x '.join(map(str, dims))} = {expected:,} bytes of data"
+            check_fits(str(path), expected, f"the header's {declared}", budget_bytes)
+            raw = stream.read(expected + 1)  # one byte more tells a padded file from a complete one
     except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupt deflate stream inside the .gz
         raise StrideError(f"{path}: cannot read ({err}); is the download complete and undamaged?") from None
-    if len(raw) < 4:
-        raise StrideError(f"{path}: truncated: {len(raw)} bytes, not even an IDX header")
-    magic = struct.unpack(">I", raw[:4])[0]
+    if len(raw) != expected:
+        found = f"{len(raw):,}" if len(raw) < expected else "more (the rest is not read)"
+        raise StrideError(f"{path}: truncated or padded: header says {declared}, found {found}")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
+
+
+def _drain(stream: BinaryIO, limit_bytes: int) -> None:
+    """Read on (and discard) up to `limit_bytes`, so that a corrupt deflate stream or checksum shows."""
+    while limit_bytes > 0 and (chunk := stream.read(min(limit_bytes, 1 << 20))):
+        limit_bytes -= len(chunk)
+
+
+def _read_header(stream: BinaryIO, path: Path, expected_magic: int) -> tuple[int, ...]:
+    start = stream.read(4)
+    if len(start) < 4:
+        raise StrideError(f"{path}: truncated: {len(start)} bytes, not even an IDX header")
+    magic = struct.unpack(">I", start)[0]
     if magic != expected_magic:
         raise StrideError(f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
                           f"({'images, 3 dims' if expected_magic == IMAGES_MAGIC else 'labels, 1 dim'})")
     ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    sizes = stream.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
         raise StrideError(f"{path}: truncated header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims))
-    if len(raw) - header != expected:
-        raise StrideError(f"{path}: truncated or padded: header says {' x '.join(map(str, dims))} = {expected} "
-                          f"bytes of data, found {len(raw) - header}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return struct.unpack(f">{ndim}I", sizes)
 
 
 def read_split(source: Path, split: str, torchvision_name: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,9 @@ PHOTOGRAPHS = (
 )
 
 
+PHOTOGRAPH_FORMATS = {".png": "PNG", ".jpg": "JPEG"}
+
+
 def photograph_path(photograph: Photograph) -> Path:
     """The shipped file, found without importing its package (importing scikit-learn takes seconds)."""
     spec = importlib.util.find_spec(photograph.package)
@@ -159,18 +162,20 @@ def make_split(photographs: list[np.ndarray], split: str, size: int, seed: int) 
                    np.concatenate(boxes)[order])
 
 
+def read_photograph(photograph: Photograph, mode: str) -> Image.Image:
+    """The shipped file decoded in `mode`, opened only as the format its name says."""
+    path = photograph_path(photograph)
+    try:
+        with Image.open(path, formats=[PHOTOGRAPH_FORMATS[path.suffix]]) as opened:
+            return opened.convert(mode)
+    except OSError as err:
+        raise StrideError(f"{path}: cannot read the photograph behind {photograph.loader} ({err}); is the "
+                          f"installed {photograph.package} complete?") from None
+
+
 def load_photographs() -> list[np.ndarray]:
     """The photographs' pixels, exactly as their packages' loaders return them (Pillow decodes both)."""
-    images = []
-    for photograph in PHOTOGRAPHS:
-        path = photograph_path(photograph)
-        try:
-            with Image.open(path) as opened:
-                images.append(np.asarray(opened.convert("RGB")))
-        except OSError as err:
-            raise StrideError(f"{path}: cannot read the photograph behind {photograph.loader} ({err}); is the "
-                              f"installed {photograph.package} complete?") from None
-    return images
+    return [np.asarray(read_photograph(photograph, "RGB")) for photograph in PHOTOGRAPHS]
 
 
 def make_patches(sizes: dict[str, int], seed: int = 0,

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from stride.datamodules.manifest import Manifest
 from stride.datamodules.sources.coco_captions import Skips, official_splits, write_caption_dataset
-from stride.datamodules.sources.patches import Photograph, photograph_path
+from stride.datamodules.sources.patches import Photograph, read_photograph
 
 COLOURS = {"red": (215, 35, 35), "green": (35, 175, 55), "blue": (40, 75, 225), "yellow": (235, 215, 35),
            "purple": (145, 50, 195)}
@@ -74,11 +74,8 @@ class Scene:
 
 def load_textures() -> dict[str, np.ndarray]:
     """The grey texture photographs as float arrays, read from the files scikit-image ships."""
-    textures = {}
-    for name, photograph in TEXTURES.items():
-        with Image.open(photograph_path(photograph)) as image:
-            textures[name] = np.asarray(image.convert("L"), dtype=np.float32)
-    return textures
+    return {name: np.asarray(read_photograph(photograph, "L"), dtype=np.float32)
+            for name, photograph in TEXTURES.items()}
 
 
 def background(name: str, side: int, textures: dict[str, np.ndarray], rng: np.random.Generator) -> Image.Image:

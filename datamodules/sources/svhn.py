@@ -13,6 +13,8 @@ import numpy as np
 
 from stride.datamodules.image_shards import deterministic_split, write_image_classification
 from stride.datamodules.manifest import Manifest
+from stride.datamodules.memory_budget import check_fits
+from stride.datamodules.sources.mat_headers import mat_variables
 from stride.errors import StrideError
 
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}
@@ -20,13 +22,15 @@ SIDE_PX = 32
 EXPECTED = "exactly the variables X (32 x 32 x 3 x N uint8) and y (N x 1 labels 1..10, 10 for the digit 0)"
 
 
-def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images N x 3 x 32 x 32, labels 0..9) of one official file."""
+def read_mat(path: Path, budget_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images N x 3 x 32 x 32, labels 0..9) of one official file, if its variables fit the memory budget."""
     from scipy.io import loadmat
 
     if not path.is_file():
         raise StrideError(f"{path}: missing; expected the official SVHN files {', '.join(FILES.values())} "
                           "(extra optional)")
+    variables = mat_variables(path)
+    check_fits(str(path), sum(v.decoded_bytes for v in variables), ", ".join(map(str, variables)), budget_bytes)
     try:
         mat = loadmat(path)
     except Exception as err:  # scipy raises ValueError, OSError, IndexError, ... on damaged or non-MATLAB files

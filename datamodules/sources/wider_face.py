@@ -10,7 +10,8 @@ The official layout under `--source`, each folder unpacked or as its official zi
 A `_bbx_gt.txt` file repeats: the image path, the face count N, then N lines of ten integers
 `x1 y1 w h blur expression illumination invalid occlusion pose`; an image with N = 0 is still
 followed by one all-zero line, a placeholder rather than a face. Some boxes have zero width or
-height: they stay in the annotation but are no training target (`trainable` false).
+height, or lie wholly outside their image: they stay in the annotation but are no training
+target (`trainable` false), counted per split in the manifest and logged.
 
 Splits: train is WIDER_train minus a seeded held-out validation set of `val_size` images;
 test is WIDER_val, what the official evaluation scores. With the evaluation files the test
@@ -23,20 +24,19 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import zipfile
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from stride.datamodules.image_shards import deterministic_split
 from stride.datamodules.manifest import Manifest
+from stride.datamodules.pixel_stats import PixelSums
+from stride.datamodules.sources.images import ImageRules, ReadImage, decode_image, read_in_order
 from stride.datamodules.sources.wider_eval_mat import EVAL_FILES, SUBSET_FILES, EvalFaces, read_wider_eval
 from stride.datamodules.writer import ShardWriter
 from stride.errors import StrideError
@@ -54,8 +54,6 @@ EVAL_FOLDERS = ("eval_tools/ground_truth", "ground_truth", "wider_face_split", "
 ARCHIVED_FOLDERS = ("WIDER_train", "WIDER_val", "wider_face_split", "eval_tools")
 MAX_MEMBER_BYTES = 256 << 20  # no official file comes near; a larger zip member is refused, not read
 LANDMARK_POINTS = 5
-STATS_GRID_PX = 4  # channel statistics over every 4th row and column of every training image
-READ_WORKERS = min(8, os.cpu_count() or 1)  # Pillow releases the GIL while decoding
 SPLITS = ("train", "val", "test")
 
 
@@ -75,8 +73,17 @@ class WiderImage:
         return self.file.split("/", 1)[0]
 
     @property
-    def trainable(self) -> np.ndarray:
+    def sized(self) -> np.ndarray:
+        """Faces whose box has a positive width and height."""
         return (self.boxes[:, 2] > 0) & (self.boxes[:, 3] > 0)
+
+    def overlapping(self, width: int, height: int) -> np.ndarray:
+        """Faces whose box covers some of a `width` x `height` image; another box has no pixel of its face."""
+        x, y, w, h = self.boxes.T
+        return (x < width) & (y < height) & (x + w > 0) & (y + h > 0)
+
+    def trainable(self, width: int, height: int) -> np.ndarray:
+        return self.sized & self.overlapping(width, height)
 
 
 # -- the annotation files ------------------------------------------------------------------------
@@ -349,49 +356,12 @@ def _subsets_of(image: WiderImage, faces: EvalFaces | None, mat_where: str, anno
 
 # -- the images ----------------------------------------------------------------------------------
 
-@dataclass
-class ReadImage:
-    payload: bytes
-    width: int
-    height: int
-    re_encoded: bool  # a JPEG in a mode other than RGB (grayscale, CMYK) is re-encoded as RGB
-    sums: np.ndarray | None  # (3, 3): sum, sum of squares, count per channel of the sampled pixels in [0, 1]
+WIDER_IMAGES = ImageRules(formats=("JPEG",), kept_modes=("RGB",), stats_grid_px=4)  # statistics: every 4th pixel
 
 
-def read_image(source: WiderSource, relative: str, with_sums: bool) -> ReadImage:
+def read_wider_image(source: WiderSource, relative: str, with_sums: bool) -> ReadImage:
     """The JPEG's bytes, checked to decode; a file that does not is an error naming it."""
-    payload = source.read(relative)
-    try:
-        with Image.open(io.BytesIO(payload)) as image:
-            if image.format != "JPEG":
-                raise StrideError(f"{source.where(relative)}: a {image.format} image, expected a JPEG")
-            re_encoded = image.mode != "RGB"
-            rgb = image.convert("RGB")  # decodes every pixel: a truncated file fails here
-    except StrideError:
-        raise
-    except Exception as err:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
-        raise StrideError(f"{source.where(relative)}: the image does not decode ({type(err).__name__}: {err}); "
-                          "is the download complete?") from None
-    if re_encoded:
-        buffer = io.BytesIO()
-        rgb.save(buffer, format="JPEG", quality=95)
-        payload = buffer.getvalue()
-    sums = None
-    if with_sums:
-        pixels = np.asarray(rgb, dtype=np.float64)[::STATS_GRID_PX, ::STATS_GRID_PX].reshape(-1, 3) / 255
-        sums = np.stack([pixels.sum(0), np.square(pixels).sum(0), np.full(3, len(pixels))])
-    return ReadImage(payload, rgb.width, rgb.height, re_encoded, sums)
-
-
-def read_in_order(source: WiderSource, paths: Iterable[str], with_sums: bool, window: int = 64) -> Iterator[ReadImage]:
-    with ThreadPoolExecutor(READ_WORKERS) as pool:
-        pending: deque = deque()
-        for path in paths:
-            pending.append(pool.submit(read_image, source, path, with_sums))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    return decode_image(source.read(relative), source.where(relative), WIDER_IMAGES, with_sums)
 
 
 def sample_key(image: WiderImage) -> str:
@@ -403,7 +373,7 @@ def sample_record(image: WiderImage, read: ReadImage) -> dict[str, Any]:
     record: dict[str, Any] = {"file": image.file, "event": image.event, "width": read.width, "height": read.height,
                               "boxes": image.boxes.tolist()}
     record.update({name: values.tolist() for name, values in image.attributes.items()})
-    record["trainable"] = image.trainable.tolist()
+    record["trainable"] = image.trainable(read.width, read.height).tolist()
     if image.landmarks is not None:
         record["landmarks"] = image.landmarks
     if image.subsets is not None:
@@ -417,34 +387,35 @@ class FaceCounts:
     images_without_faces: int = 0
     kept: int = 0
     zero_width_or_height: int = 0
+    outside_image: int = 0  # boxes wholly outside their image: dropped
+    first_outside: str = ""  # the first of them, for the log
     partly_outside_image: int = 0  # kept faces whose box crosses the image border (the loader clips them)
 
     def add(self, image: WiderImage, read: ReadImage) -> None:
-        trainable = image.trainable
+        sized, overlapping = image.sized, image.overlapping(read.width, read.height)
+        trainable = sized & overlapping
         x, y, w, h = image.boxes[trainable].T
         self.images += 1
         self.images_without_faces += not len(image.boxes)
         self.kept += int(trainable.sum())
-        self.zero_width_or_height += int((~trainable).sum())
+        self.zero_width_or_height += int((~sized).sum())
+        outside = sized & ~overlapping
+        if outside.any() and not self.outside_image:
+            self.first_outside = f"{image.file} ({read.width} x {read.height}): {image.boxes[outside][0].tolist()}"
+        self.outside_image += int(outside.sum())
         self.partly_outside_image += int(((x < 0) | (y < 0) | (x + w > read.width) | (y + h > read.height)).sum())
 
     def summary(self) -> dict[str, Any]:
         return {"images": self.images, "images_without_faces": self.images_without_faces, "kept": self.kept,
-                "dropped": {"zero_width_or_height": self.zero_width_or_height},
+                "dropped": {"zero_width_or_height": self.zero_width_or_height, "outside_image": self.outside_image},
                 "partly_outside_image": self.partly_outside_image}
 
 
 @dataclass
 class Written:
     counts: dict[str, FaceCounts] = field(default_factory=dict)
-    sums: np.ndarray = field(default_factory=lambda: np.zeros((3, 3)))
+    pixels: PixelSums = field(default_factory=PixelSums.empty)
     re_encoded: int = 0
-
-    def stats(self) -> dict[str, list[float]]:
-        total, squares, count = self.sums
-        mean = total / np.maximum(count, 1)
-        std = np.sqrt(np.maximum(squares / np.maximum(count, 1) - mean ** 2, 0))
-        return {"mean": mean.round(6).tolist(), "std": std.round(6).tolist()}
 
 
 def write_splits(writer: ShardWriter, source: WiderSource, splits: dict[str, list[WiderImage]],
@@ -454,13 +425,14 @@ def write_splits(writer: ShardWriter, source: WiderSource, splits: dict[str, lis
         for split in SPLITS:
             images, counts = splits[split], written.counts.setdefault(split, FaceCounts())
             paths = (f"{folders[split]}/images/{image.file}" for image in images)
-            for image, read in zip(images, read_in_order(source, paths, split == "train")):
+            reads = read_in_order(partial(read_wider_image, source, with_sums=split == "train"), paths)
+            for image, read in zip(images, reads):
                 writer.add(split, sample_key(image), {
                     "jpg": read.payload, "json": json.dumps(sample_record(image, read)).encode("utf-8")})
                 counts.add(image, read)
                 written.re_encoded += read.re_encoded
                 if read.sums is not None:
-                    written.sums += read.sums
+                    written.pixels.merge(read.sums)
                 progress.update()
     return written
 
@@ -514,6 +486,10 @@ def prepare_wider_face(source: str | Path, out: str | Path, *, val_size: int = 1
             if written.re_encoded:
                 log.warning("%s: %d image(s) were not RGB JPEGs and were re-encoded as RGB JPEGs", dataset,
                             written.re_encoded)
+            for split, counts in written.counts.items():
+                if counts.outside_image:
+                    log.warning("%s: left out %d face box(es) of the %s split lying wholly outside their image "
+                                "(first: %s)", dataset, counts.outside_image, split, counts.first_outside)
             annotations["faces"] = {split: counts.summary() for split, counts in written.counts.items()}
             if subsets_from:
                 annotations["subsets"] = {"from": subsets_from, "split": "test", "faces": {
@@ -526,10 +502,10 @@ def prepare_wider_face(source: str | Path, out: str | Path, *, val_size: int = 1
                         "landmark_files": label_files, "re_encoded_images": written.re_encoded,
                         **(provenance or {})},
                 parameters={"val_size": val_size, "seed": seed, "samples_per_shard": samples_per_shard,
-                            "stats_grid_px": STATS_GRID_PX},
+                            "stats_grid_px": WIDER_IMAGES.stats_grid_px},
                 sample_schema={
                     "jpg": {"role": "image", "dtype": "uint8", "layout": "JPEG as distributed (RGB), any size"},
                     "json": {"role": "annotation", "boxes": "x1, y1, w, h integers as annotated",
                              "keys": ["file", "event", "width", "height", "boxes", *ATTRIBUTES, "trainable",
                                       "landmarks (optional)", "subsets (optional)"]}},
-                class_names=["face"], stats=written.stats(), annotations=annotations)
+                class_names=["face"], stats=written.pixels.stats(), annotations=annotations)

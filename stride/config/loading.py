@@ -16,6 +16,7 @@ import yaml
 
 from stride.architectures import get as get_architecture
 from stride.architectures import validate_params
+from stride.bounded_loading import load_yaml
 from stride.config.components import check_components
 from stride.config.schema import StrideConfig
 from stride.errors import StrideError
@@ -36,10 +37,7 @@ def base_names() -> list[str]:
 
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise StrideError(f"{source}: not valid YAML: {err}") from None
+    data = load_yaml(text, source)
     if data is None:
         return {}
     if not isinstance(data, dict):
