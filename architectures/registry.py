@@ -70,6 +70,10 @@ def names(task: str | None = None) -> list[str]:
 
 
 def get(name: str) -> Architecture:
+    if name not in _ARCHITECTURES:  # a plugin's network, not imported yet
+        from stride.plugins import load_plugins
+
+        load_plugins()
     try:
         return _ARCHITECTURES[name]
     except KeyError:

@@ -94,7 +94,7 @@ def search_promote_predict(workdir: Path, shards: Path, data_overrides: list[str
     rows, table = predict_files(promotion.model_uri, [path for path, _ in samples], top_k=3, tracking_uri=uri)
     print(table)
     correct = sum(row.label == truth for row, (_, truth) in zip(rows, samples))
-    best = "no finished trial" if search.best_metric is None else f"best val_acc {search.best_metric:.4f}"
+    best = "no finished trial" if search.best_metric is None else f"best {search.metric} {search.best_metric:.4f}"
     return [("search", f"{search.parent_run_id} ({best}, {search.wall_time_s:.0f} s)"),
             ("search runs", ui_link(uri, search.experiment_id, search.parent_run_id)),
             ("champion", f"{promotion.model_uri} (run {promotion.candidate.run_id}, "

@@ -10,6 +10,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from stride.errors import StrideError
+from stride.registry.references import TASK_TAG
 from stride.tracking.deferred import has_model
 from stride.tracking.run import MODEL_URI_TAG, PARENT_TAG, fail_dead_runs
 
@@ -100,12 +101,16 @@ def select_best(runs: list[Run], metric: str, mode: str, where: str) -> Candidat
     return Candidate(run, key, value, how, len(with_model))
 
 
-def run_as_candidate(client: MlflowClient, run_id: str, metric: str) -> Candidate:
-    """An explicitly named run (`--run`), checked like a selected one."""
+def run_as_candidate(client: MlflowClient, run_id: str, metric: str | None) -> Candidate:
+    """An explicitly named run (`--run`), checked like a selected one; `metric` None: its task's validation
+    quality (val_acc, val_ap, ...)."""
+    from stride.tasks import get_task
+
     try:
         run = client.get_run(run_id)
     except MlflowException:
         raise StrideError(f"--run {run_id}: no such run") from None
+    metric = metric or f"val_{get_task(run.data.tags.get(TASK_TAG, 'classification')).quality}"
     if run.info.status != "FINISHED":
         raise StrideError(f"run {run_id} is {run.info.status}, not FINISHED")
     if not has_model(run.data.tags):

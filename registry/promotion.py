@@ -161,11 +161,11 @@ def lineage_tags(task: Task, candidate: Candidate, evaluation: Evaluation, confi
 
 def _candidate(client: MlflowClient, experiment: str | None, search_id: str | None, run_id: str | None,
                metric: str | None, mode: str | None) -> Candidate:
-    """The run to promote; by default the best on its task's validation quality (e.g. val_acc, higher)."""
+    """The run to promote; by default the best on its task's validation quality (the task says which)."""
     if sum(x is not None for x in (experiment, search_id, run_id)) != 1:
         raise StrideError("give exactly one of --experiment NAME, --search RUN_ID or --run RUN_ID")
     if run_id is not None:
-        return run_as_candidate(client, run_id, metric or "val_acc")
+        return run_as_candidate(client, run_id, metric)
     runs, where = runs_of_experiment(client, experiment) if experiment else runs_of_search(client, search_id)
     if metric is None:
         tasks = sorted({r.data.tags.get(TASK_TAG) for r in runs if r.data.tags.get(TASK_TAG)})

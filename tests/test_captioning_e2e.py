@@ -74,4 +74,4 @@ def test_caption_options_are_refused_where_they_do_nothing(tmp_path, capsys):
     shards = tmp_path / "shapes"
     prepare_shapes_captions(shards, train_images=8, val_images=4, val_size=4, image_size=16, min_count=0)
     assert main(["train", "caption-gru-shapes", "--set", f"data.path={shards}", "data.train_sizes=[32]"]) != 0
-    assert "data.train_sizes=[32] has no effect on task 'captioning'" in capsys.readouterr().err
+    assert "data.train_sizes: an option of task detection, not of task 'captioning'" in capsys.readouterr().err

@@ -55,4 +55,5 @@ def test_prepare_train_evaluate_predict(tmp_path, mlflow_server, capsys):
 
 def test_detection_options_are_refused_where_they_do_nothing(tmp_path, capsys):
     assert main(["train", "digits-cnn", "--set", "data.image_size=64"]) != 0
-    assert "data.image_size=64 has no effect on task 'classification'" in capsys.readouterr().err
+    assert "data.image_size: an option of tasks captioning, detection, not of task 'classification'" in \
+        capsys.readouterr().err

@@ -25,6 +25,7 @@ LAYERS = [
     {"stride.lightning_modules"},
     {"stride.tasks"},
     {"stride.training"},
+    {"stride.serving"},
     {"stride.tracking"},
     {"stride.registry", "stride.tuning", "stride.benchmarking"},
     {"stride.pipelines"},

@@ -23,6 +23,7 @@ from stride.errors import StrideError
 from stride.names import plain_name, safe_filename
 from stride.tracking.run import fail_dead_runs
 from stride.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
+from stride.tasks import get_task
 from stride.training import open_datamodule
 from stride.tuning import leaderboard, runs
 from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
@@ -294,6 +295,7 @@ def _rows(results, search: ResolvedSearch, children: dict, client: MlflowClient)
     metric is taken over the child run's whole history too: after a trial is restored from a checkpoint,
     Tune's result files hold only the epochs since the restore."""
     spec = search.spec
+    shown = get_task(search.task).shown_test_metrics
     rows = []
     for result in results:
         frame = result.metrics_dataframe
@@ -312,7 +314,7 @@ def _rows(results, search: ResolvedSearch, children: dict, client: MlflowClient)
         row = {"trial_id": trial_id, "run_id": run.info.run_id if run else None, "status": status, "epochs": epochs,
                spec.metric: best, **{d.key: used.get(d.key) for d in search.dimensions}}
         if run is not None:
-            row.update({k: v for k, v in run.data.metrics.items() if k in ("test_acc", "test_loss")})
+            row.update({k: v for k, v in run.data.metrics.items() if k in shown})
         rows.append(row)
     return leaderboard.rank_rows(rows, spec.metric, spec.mode)
 

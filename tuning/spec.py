@@ -93,8 +93,8 @@ class SearchSpec(BaseModel):
     base: str = Field(description="recipe name or training config file the trials start from")
     overrides: list[str] = []
     space: dict[str, dict[str, Any]] = Field(min_length=1)
-    metric: str = "val_acc"
-    mode: Literal["max", "min"] = "max"
+    metric: str | None = None  # None: what the trials' config monitors (the task's val_<quality>)
+    mode: Literal["max", "min"] | None = None  # None: the trials' monitor_mode
     num_samples: PositiveInt = 8
     max_concurrent_trials: PositiveInt | None = None
     scheduler: SchedulerSpec = SchedulerSpec()
@@ -122,6 +122,10 @@ class ResolvedSearch:
     dimensions: list[Dimension]
     base_raw: dict[str, Any]
     base_source: str
+
+    @property
+    def task(self) -> str:
+        return self.config_for({}, "base").task
 
     def config_for(self, params: dict[str, Any], label: str = "trial") -> StrideConfig:
         return config_for_params(self.base_raw, params, f"{self.base_source} with {label} {params}")
@@ -187,7 +191,10 @@ def load_search(name_or_path: str, overrides: list[str] = (), spec_overrides: di
     if all_overrides:
         base_source += " with " + " ".join(all_overrides)
     _absolute_data_path(base_raw)
-    validate(base_raw, base_source)  # the base alone must be a valid config
+    base_config = validate(base_raw, base_source)  # the base alone must be a valid config
+    if spec.metric is None:
+        spec.metric, spec.mode = base_config.trainer.monitor, spec.mode or base_config.trainer.monitor_mode
+    spec.mode = spec.mode or ("min" if spec.metric.endswith("loss") else "max")
     dimensions = [parse_dimension(key, value, source) for key, value in spec.space.items()]
     check_keys(dimensions, base_raw, source)
     check_algorithm(spec, dimensions, source)

@@ -19,6 +19,7 @@ from stride.architectures import validate_params
 from stride.bounded_loading import load_yaml
 from stride.config.components import check_components
 from stride.config.schema import StrideConfig
+from stride.config.task_configs import TaskConfig, task_config, tasks_with_option
 from stride.errors import StrideError
 
 RECIPE_PACKAGE = "stride.config.recipes"
@@ -129,24 +130,66 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def validate(raw: dict[str, Any], source: str) -> StrideConfig:
+# The options every task's data took before each task owned its own (stride <= 0.1 kept them in one section), at
+# their defaults: configs stored by then (checkpoints, logged runs) still carry them, and only those are dropped.
+LEGACY_DATA_DEFAULTS: dict[str, Any] = {
+    "sequence_view": "sequential", "permutation_seed": 0, "image_size": None, "train_sizes": [], "max_words": 50,
+    "augment": {"random_shift_px": 0, "horizontal_flip": False, "random_crop": False, "color_jitter": 0.0}}
+
+
+def _without_legacy_options(raw: dict[str, Any], options: type[pydantic.BaseModel]) -> dict[str, Any]:
+    """A stored config's `data` without the other tasks' options it carried at their defaults."""
+    def prune(values: dict[str, Any], model: Any, legacy: dict[str, Any]) -> dict[str, Any]:
+        fields = getattr(model, "model_fields", {})
+        kept = {}
+        for key, value in values.items():
+            if key not in fields and key in legacy and value == legacy[key]:
+                continue
+            if isinstance(value, dict) and isinstance(legacy.get(key), dict) and key in fields:
+                value = prune(value, fields[key].annotation, legacy[key])
+            kept[key] = value
+        return kept
+
+    data = raw.get("data")
+    return {**raw, "data": prune(data, options, LEGACY_DATA_DEFAULTS)} if isinstance(data, dict) else raw
+
+
+def _problem(error: Any, entry: TaskConfig) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        if error["loc"][0] == "data" and (owners := tasks_with_option(".".join(map(str, error["loc"][1:])))):
+            return (f"{key}: an option of task{'s' if len(owners) > 1 else ''} {', '.join(owners)}, not of task "
+                    f"{entry.name!r}")
+        return f"{key}: unknown key (allowed: {', '.join(_section_fields(entry.config_class, error['loc'][:-1]))})"
+    if error["type"] == "missing":
+        return f"{key}: required but missing"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def validate(raw: dict[str, Any], source: str, *, stored: bool = False) -> StrideConfig:
+    """The config of `raw`'s task, checked; `stored`: a config written by an earlier stride (a checkpoint, a
+    logged run), whose data section may still hold other tasks' options at their defaults."""
     try:
-        config = StrideConfig.model_validate(raw)
+        entry = task_config(str(raw.get("task", "classification")))
+    except StrideError as err:
+        raise StrideError(f"{source}: invalid config: task: {err}") from None
+    if stored:
+        raw = _without_legacy_options(raw, entry.data_options)
+    try:
+        config = entry.config_class.model_validate(raw)
     except pydantic.ValidationError as err:
-        problems = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"])
-            if e["type"] == "extra_forbidden":
-                section = _section_fields(e["loc"][:-1])
-                problems.append(f"{key}: unknown key (allowed: {', '.join(section)})")
-            elif e["type"] == "missing":
-                problems.append(f"{key}: required but missing")
-            else:
-                problems.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+        problems = [_problem(e, entry) for e in err.errors()]
         raise StrideError(f"{source}: invalid config: " + "; ".join(problems)) from None
+    trainer = config.trainer
+    if trainer.monitor is None:
+        trainer.monitor = entry.monitor
+        trainer.monitor_mode = trainer.monitor_mode or entry.monitor_mode
+    elif trainer.monitor_mode is None:
+        trainer.monitor_mode = entry.monitor_mode if trainer.monitor == entry.monitor else "min" \
+            if trainer.monitor.endswith("loss") else "max"
     try:
         for kind in ("callbacks", "loggers"):
-            check_components(kind, getattr(config, kind), config.trainer.monitor, config.trainer.monitor_mode)
+            check_components(kind, getattr(config, kind), trainer.monitor, trainer.monitor_mode)
         arch = get_architecture(config.model.architecture)
         if arch.task != config.task:
             raise StrideError(f"architecture {arch.name!r} is for task {arch.task!r}, but task is {config.task!r}")
@@ -156,8 +199,7 @@ def validate(raw: dict[str, Any], source: str) -> StrideConfig:
     return config
 
 
-def _section_fields(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = StrideConfig
+def _section_fields(model: Any, loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         model = model.model_fields[part].annotation
     return list(model.model_fields)

@@ -1,8 +1,12 @@
 """The one typed config schema shared by train, tune, promote and bench.
 
-Sections: data, model, optim, schedule, trainer, tracking. Every section forbids
-unknown keys; `model` carries `architecture` plus that architecture's own
+Sections: data, model, optim, schedule, trainer, tracking, callbacks, loggers. Every section
+forbids unknown keys; `model` carries `architecture` plus that architecture's own
 hyper-parameters, checked against the registry (see `stride.architectures`).
+
+`task` says which options `data` takes: each task owns a subclass of `DataConfig` and of
+`StrideConfig` (its `data` typed with those options), registered by name in
+`stride.config.task_configs`, so a new task adds its options without editing this file.
 """
 
 from __future__ import annotations
@@ -11,24 +15,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-TASKS = ("classification", "sequence_classification", "detection", "captioning")
-
 
 class Section(BaseModel):
     # inf and nan are refused everywhere: `optim.lr=.inf` would train on NaN losses
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-class AugmentConfig(Section):
-    random_shift_px: NonNegativeInt = 0  # random translation by up to this many pixels (zero-filled)
-    horizontal_flip: bool = False
-    # detection and captioning (per image, in the loader, moving the boxes): a random crop of part of the
-    # image, and brightness/contrast/saturation jitter of this strength
-    random_crop: bool = False
-    color_jitter: float = Field(0.0, ge=0, le=1)
-
-
 class DataConfig(Section):
+    """What every task's data takes; a task's own options extend it (e.g. detection's image_size)."""
+
     path: str = Field(description="dataset folder holding manifest.json and the shards")
     batch_size: PositiveInt = 100
     eval_batch_size: PositiveInt | None = None
@@ -36,20 +31,11 @@ class DataConfig(Section):
     num_workers: NonNegativeInt | Literal["auto"] = "auto"
     shuffle_buffer: NonNegativeInt = 1000
     normalize: Literal["dataset", "none"] = "dataset"  # dataset: mean/std recorded in the manifest
-    augment: AugmentConfig = AugmentConfig()
     pin_memory: bool = True
     # none: stream and decode the shards every epoch; memory: decode each split once into host arrays
     # (a cache file beside the shards) and cut batches from them; device: hold the splits on the GPU
     cache: Literal["none", "memory", "device"] = "none"
     cache_budget_mb: PositiveInt | None = None  # refuse a cache larger than this; None: half the free memory
-    # sequence_classification over image shards: pixels as a sequence (docs/models.md, A2)
-    sequence_view: Literal["sequential", "permuted"] = "sequential"
-    permutation_seed: int = 0  # the one fixed permutation of the permuted view
-    # detection and captioning, whose images vary in size: the side of the square the network sees (images
-    # are letterboxed / resized into it; None: the task's default); detection may train at several sides
-    image_size: PositiveInt | None = None
-    train_sizes: list[PositiveInt] = []  # multi-scale training: each batch picks one side (001: 512/576/640)
-    max_words: PositiveInt = 50  # captioning: longer captions are cut here, generation stops here
 
 
 class ModelConfig(BaseModel):
@@ -111,8 +97,8 @@ class TrainerConfig(Section):
     deterministic: bool = False
     log_every_n_steps: PositiveInt = 50  # also the progress bar's refresh: each refresh waits for the GPU
     gradient_clip_val: PositiveFloat | None = None
-    monitor: str = "val_acc"
-    monitor_mode: Literal["min", "max"] = "max"
+    monitor: str | None = None  # None: the task's quality on the validation split (val_acc, val_ap, val_cider)
+    monitor_mode: Literal["min", "max"] | None = None  # None: the task's (higher is better for all three)
     checkpoint_dir: str = "checkpoints"
     enable_progress_bar: bool = True
 
@@ -137,7 +123,7 @@ class ComponentConfig(Section):
 
 class StrideConfig(Section):
     name: str = "unnamed"
-    task: Literal[TASKS] = "classification"  # type: ignore[valid-type]
+    task: str = "classification"  # a registered task (stride.config.task_configs); its options type `data`
     data: DataConfig
     model: ModelConfig
     optim: OptimConfig = OptimConfig()

@@ -1,10 +1,11 @@
-"""Tasks: the interface (`base`) and the registered tasks; importing this package registers them all."""
+"""Tasks: the interface (`base`) and the registered tasks; importing this package registers every module's task
+(stride.plugins scans it; a task of your own is a plugin module)."""
 
+from stride.plugins import import_submodules
 from stride.tasks.base import (DataFacts, Evaluation, ExportedModel, Task, TensorSpec, get_task, register_task,
                                task_names)
-from stride.tasks import classification  # noqa: F401,E402  (registers classification and sequence_classification)
-from stride.tasks import detection  # noqa: F401,E402
-from stride.tasks import captioning  # noqa: F401,E402
+
+import_submodules(__name__)
 
 __all__ = ["DataFacts", "Evaluation", "ExportedModel", "Task", "TensorSpec", "get_task", "register_task",
            "task_names"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from torch import nn
@@ -100,14 +100,22 @@ class Task(ABC):
     """One kind of problem. Subclasses fill in the methods; instances are registered by name."""
 
     name: ClassVar[str]
+    # the config this task trains from: a StrideConfig subclass whose `data` holds the task's own options
+    config_class: ClassVar[type["StrideConfig"]]
     # the manifest tasks (dataset kinds) this task can train on
     dataset_tasks: ClassVar[tuple[str, ...]]
     # which model is better: `val_<quality>` while training, `<split>_<quality>` when evaluating
     quality: ClassVar[str] = "acc"
-    quality_mode: ClassVar[str] = "max"
+    quality_mode: ClassVar[Literal["min", "max"]] = "max"
+    # the test metrics a leaderboard or report shows beside `test_<quality>`
+    reported: ClassVar[tuple[str, ...]] = ("loss",)
     # A run artifact, JSON {"words": [...]}, naming what the outputs mean, logged beside the model for tasks whose
     # labels can outgrow a registry tag (a captioner's vocabulary); `stride predict` reads it back.
     labels_artifact: ClassVar[str | None] = None
+
+    @property
+    def shown_test_metrics(self) -> tuple[str, ...]:
+        return tuple(f"test_{name}" for name in (self.quality, *self.reported))
 
     # -- training ---------------------------------------------------------------------------
     @abstractmethod
@@ -188,13 +196,12 @@ def datamodule_arguments(config: "StrideConfig") -> dict[str, Any]:
                 cache_budget_bytes=data.cache_budget_mb and data.cache_budget_mb * 2**20)
 
 
-def checked_datamodule_arguments(task: Task, config: "StrideConfig", other_tasks_options: tuple[str, ...],
-                                 prepare_with: str, **overrides: Any) -> dict[str, Any]:
-    """The datamodule arguments of a task over stored images (detection, captioning), after refusing the
-    options it would ignore and a dataset of another kind (`prepare_with` says which commands make one)."""
+def checked_datamodule_arguments(task: Task, config: "StrideConfig", prepare_with: str,
+                                 **overrides: Any) -> dict[str, Any]:
+    """The datamodule arguments of a task over stored images (detection, captioning), after refusing a dataset
+    of another kind (`prepare_with` says which commands make one)."""
     from stride.datamodules.manifest import read_manifest
 
-    refuse_options_of_other_tasks(config, task.name, other_tasks_options)
     manifest_task = read_manifest(config.data.path).task
     if manifest_task not in task.dataset_tasks:
         raise StrideError(f"{config.data.path}: dataset task is {manifest_task!r}, but task {task.name!r} trains on "
@@ -214,35 +221,35 @@ def network_taking_pixels(config: "StrideConfig", facts: DataFacts) -> nn.Module
     return network
 
 
-def refuse_options_of_other_tasks(config: "StrideConfig", task: str, options: tuple[str, ...]) -> None:
-    """A `data` option this task would ignore is an error, not a silent no-op (e.g. data.image_size on
-    stored 28 x 28 digits)."""
-    from stride.config.schema import DataConfig
-
-    defaults = DataConfig(path=config.data.path)
-    for dotted in options:
-        value, default = config.data, defaults
-        for part in dotted.split("."):
-            value, default = getattr(value, part), getattr(default, part)
-        if value != default:
-            raise StrideError(f"data.{dotted}={value!r} has no effect on task {task!r}; remove it")
-
-
 _TASKS: dict[str, Task] = {}
 
 
 def register_task(task: Task) -> Task:
+    """Make `task` (and its config) known by name; its module calls this when imported."""
+    from stride.config.task_configs import TaskConfig, register_task_config
+
     if task.name in _TASKS:
         raise ValueError(f"task {task.name!r} is registered twice")
+    if task.config_class.model_fields["task"].default != task.name:
+        raise ValueError(f"task {task.name!r}: its config_class's `task` defaults to "
+                         f"{task.config_class.model_fields['task'].default!r}")
     _TASKS[task.name] = task
+    register_task_config(TaskConfig(task.name, task.config_class, f"val_{task.quality}", task.quality_mode))
     return task
 
 
 def task_names() -> list[str]:
+    from stride.plugins import discover
+
+    discover()
     return sorted(_TASKS)
 
 
 def get_task(name: str) -> Task:
+    if name not in _TASKS:
+        from stride.plugins import discover
+
+        discover()
     try:
         return _TASKS[name]
     except KeyError:

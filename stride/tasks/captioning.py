@@ -13,16 +13,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import PositiveInt
 from torch import nn
 
 from stride.architectures.captioning import CaptionExport
 from stride.caption_plots import plot_captions
 from stride.config.loading import config_to_dict
-from stride.config.schema import StrideConfig
+from stride.config.schema import DataConfig, Section, StrideConfig
 from stride.datamodules.captioning import CaptioningData
 from stride.datamodules.vocabulary import Vocabulary
 from stride.errors import StrideError
@@ -38,7 +39,24 @@ from stride.text_table import align_columns
 DEFAULT_IMAGE_SIZE = 224  # the study's encoder input (docs/models.md, A4)
 EVAL_BATCH_SIZE = 32
 FIGURE_IMAGES = 8
-OTHER_TASKS_OPTIONS = ("train_sizes", "augment.random_shift_px", "augment.color_jitter", "sequence_view")
+
+
+class CaptionAugment(Section):
+    """Per image, in the loader."""
+
+    horizontal_flip: bool = False
+    random_crop: bool = False  # a random crop of part of the image
+
+
+class CaptioningDataOptions(DataConfig):
+    augment: CaptionAugment = CaptionAugment()
+    image_size: PositiveInt | None = None  # the side of the square images are resized to (None: DEFAULT_IMAGE_SIZE)
+    max_words: PositiveInt = 50  # longer captions are cut here, generation stops here
+
+
+class CaptioningConfig(StrideConfig):
+    task: Literal["captioning"] = "captioning"
+    data: CaptioningDataOptions
 # pycocoevalcap's names -> stride's metric suffixes (the module logs the same names per epoch)
 METRIC_NAMES = {"BLEU-1": "bleu1", "BLEU-2": "bleu2", "BLEU-3": "bleu3", "BLEU-4": "bleu4", "METEOR": "meteor",
                 "ROUGE-L": "rouge_l", "CIDEr-D": "cider"}
@@ -59,6 +77,7 @@ def named_scores(values: dict[str, float], prefix: str) -> dict[str, float]:
 
 class CaptioningTask(Task):
     name = "captioning"
+    config_class = CaptioningConfig
     dataset_tasks = ("captioning",)
     quality = "cider"
     quality_mode = "max"
@@ -67,8 +86,9 @@ class CaptioningTask(Task):
     # -- training ---------------------------------------------------------------------------
     def datamodule(self, config: StrideConfig, **overrides: Any) -> CaptioningData:
         data = config.data
-        kwargs = checked_datamodule_arguments(self, config, OTHER_TASKS_OPTIONS,
-                                              "stride data prepare coco-captions or shapes-captions", **overrides)
+        assert isinstance(data, CaptioningDataOptions)
+        kwargs = checked_datamodule_arguments(self, config, "stride data prepare coco-captions or shapes-captions",
+                                              **overrides)
         return CaptioningData(data.path, image_size=data.image_size or DEFAULT_IMAGE_SIZE,
                               horizontal_flip=data.augment.horizontal_flip, random_crop=data.augment.random_crop,
                               max_words=data.max_words, **kwargs)
@@ -77,6 +97,7 @@ class CaptioningTask(Task):
         if len(facts.class_names) != facts.num_classes:
             raise StrideError(f"{config.data.path}: the captioner needs its vocabulary's {facts.num_classes} words, "
                               f"the data facts hold {len(facts.class_names)}")
+        assert isinstance(config.data, CaptioningDataOptions)
         description = {"config": config_to_dict(config), "data": facts.as_dict()}
         return CaptioningModule(network_taking_pixels(config, facts), config.optim, config.schedule, description,
                                 list(facts.class_names), max_words=config.data.max_words)

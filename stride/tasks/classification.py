@@ -11,15 +11,16 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import NonNegativeInt
 from torch import nn
 
 from stride.architectures import build
 from stride.config.loading import config_to_dict
-from stride.config.schema import StrideConfig
+from stride.config.schema import DataConfig, Section, StrideConfig
 from stride.datamodules.image_classification import ImageClassificationData, ShardedDataModule
 from stride.datamodules.manifest import read_manifest
 from stride.datamodules.sequence_classification import SequenceClassificationData
@@ -30,7 +31,7 @@ from stride.lightning_modules.normalize import Normalize
 from stride.lightning_modules.sequence_view import SequenceView
 from stride.plots import plot_confusion_matrix, plot_learning_curves
 from stride.tasks.base import (DEFAULT_MAX_PIXELS, DataFacts, Evaluation, ExportedModel, Task, TensorSpec,
-                               datamodule_arguments, refuse_options_of_other_tasks, register_task)
+                               datamodule_arguments, register_task)
 from stride.tasks.cam import plot_test_split_cams
 from stride.tasks.image_input import is_image_file, read_image, unsupported_file
 from stride.text_table import align_columns
@@ -38,8 +39,33 @@ from stride.text_table import align_columns
 log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 256
-# data options of the tasks whose images vary in size: stored classification samples are fed as they are
-IMAGE_SIZED_OPTIONS = ("image_size", "train_sizes", "max_words", "augment.random_crop", "augment.color_jitter")
+
+
+class ShiftFlipAugment(Section):
+    """Augmentation of stored, equally sized images, on the batch and on its device."""
+
+    random_shift_px: NonNegativeInt = 0  # random translation by up to this many pixels (zero-filled)
+    horizontal_flip: bool = False
+
+
+class ClassificationDataOptions(DataConfig):
+    augment: ShiftFlipAugment = ShiftFlipAugment()
+
+
+class ClassificationConfig(StrideConfig):
+    task: Literal["classification"] = "classification"
+    data: ClassificationDataOptions
+
+
+class SequenceDataOptions(ClassificationDataOptions):
+    # over image shards: pixels as a sequence (docs/models.md, A2), in order or in one fixed permutation
+    sequence_view: Literal["sequential", "permuted"] = "sequential"
+    permutation_seed: int = 0  # the one fixed permutation of the permuted view
+
+
+class SequenceClassificationConfig(StrideConfig):
+    task: Literal["sequence_classification"] = "sequence_classification"
+    data: SequenceDataOptions
 
 
 @dataclass
@@ -63,13 +89,14 @@ def _datamodule_for(path: str | Path, **kwargs: Any) -> ShardedDataModule:
 
 class ClassificationTask(Task):
     name = "classification"
+    config_class = ClassificationConfig
     dataset_tasks = ("classification",)
     class_activation_maps: ClassVar[bool] = True  # a grid of test CAMs when the network's head has them
 
     # -- training ---------------------------------------------------------------------------
     def datamodule(self, config: StrideConfig, **overrides: Any) -> ShardedDataModule:
         data = config.data
-        refuse_options_of_other_tasks(config, self.name, IMAGE_SIZED_OPTIONS)
+        assert isinstance(data, ClassificationDataOptions)
         manifest_task = read_manifest(data.path).task
         if manifest_task not in self.dataset_tasks:
             raise StrideError(f"{data.path}: dataset task is {manifest_task!r}, but task {self.name!r} trains on "
@@ -183,10 +210,12 @@ class SequenceClassificationTask(ClassificationTask):
     """Sequences, stored as such or as images read pixel by pixel (sequential/permuted MNIST)."""
 
     name = "sequence_classification"
+    config_class = SequenceClassificationConfig
     dataset_tasks = ("sequence_classification", "classification")
     class_activation_maps = False  # maps over pixels read as a sequence would not be an image's
 
     def datamodule(self, config: StrideConfig, **overrides: Any) -> ShardedDataModule:
+        assert isinstance(config.data, SequenceDataOptions)
         if config.data.sequence_view == "permuted" and read_manifest(config.data.path).task == self.name:
             raise StrideError(f"data.sequence_view=permuted: {config.data.path} already holds sequences, whose "
                               "order stride does not permute; permute them when you write the .npz, or use "
@@ -196,6 +225,7 @@ class SequenceClassificationTask(ClassificationTask):
     def input_view(self, config: StrideConfig, facts: DataFacts) -> tuple[list[nn.Module], tuple[int, ...]]:
         if facts.manifest_task != "classification":
             return [], facts.input_shape
+        assert isinstance(config.data, SequenceDataOptions)
         length = math.prod(facts.input_shape[1:])  # pixels as a sequence (docs/models.md, A2)
         seed = config.data.permutation_seed if config.data.sequence_view == "permuted" else None
         return [SequenceView(length, seed)], (facts.input_shape[0], length)

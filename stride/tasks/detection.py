@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from stride.architectures.face_detector import DetectionExport
 from stride.config.loading import config_to_dict
-from stride.config.schema import StrideConfig
+from stride.config.schema import DataConfig, Section, StrideConfig
 from stride.datamodules.detection import DetectionData, letterbox_scale
 from stride.datamodules.sources.faces import astronaut_face
 from stride.detection_plots import plot_detections, plot_precision_recall
@@ -37,7 +38,26 @@ DEFAULT_IMAGE_SIZE = 512  # the seed trains at 512 x 512 (docs/models.md, A3)
 EVAL_BATCH_SIZE = 8
 SUBSETS = ("easy", "medium", "hard")
 FIGURE_IMAGES = 8
-OTHER_TASKS_OPTIONS = ("max_words", "augment.random_shift_px")
+
+
+class DetectionAugment(Section):
+    """Per image, in the loader, moving the boxes."""
+
+    horizontal_flip: bool = False
+    random_crop: bool = False  # a random crop of part of the image
+    color_jitter: float = Field(0.0, ge=0, le=1)  # brightness/contrast/saturation jitter of this strength
+
+
+class DetectionDataOptions(DataConfig):
+    augment: DetectionAugment = DetectionAugment()
+    # the side of the square the network sees (images are letterboxed into it; None: DEFAULT_IMAGE_SIZE)
+    image_size: PositiveInt | None = None
+    train_sizes: list[PositiveInt] = []  # multi-scale training: each batch picks one side (001: 512/576/640)
+
+
+class DetectionConfig(StrideConfig):
+    task: Literal["detection"] = "detection"
+    data: DetectionDataOptions
 
 
 @dataclass
@@ -70,6 +90,7 @@ def found_boxes(rows: np.ndarray, scale: float) -> np.ndarray:
 
 class DetectionTask(Task):
     name = "detection"
+    config_class = DetectionConfig
     dataset_tasks = ("detection",)
     quality = "ap"
     quality_mode = "max"
@@ -77,8 +98,8 @@ class DetectionTask(Task):
     # -- training ---------------------------------------------------------------------------
     def datamodule(self, config: StrideConfig, **overrides: Any) -> DetectionData:
         data = config.data
-        kwargs = checked_datamodule_arguments(self, config, OTHER_TASKS_OPTIONS,
-                                              "stride data prepare wider-face or faces", **overrides)
+        assert isinstance(data, DetectionDataOptions)
+        kwargs = checked_datamodule_arguments(self, config, "stride data prepare wider-face or faces", **overrides)
         return DetectionData(data.path, image_size=data.image_size or DEFAULT_IMAGE_SIZE,
                              train_sizes=tuple(data.train_sizes), horizontal_flip=data.augment.horizontal_flip,
                              random_crop=data.augment.random_crop, color_jitter=data.augment.color_jitter, **kwargs)

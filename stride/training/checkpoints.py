@@ -52,7 +52,7 @@ def describe_checkpoint(path: str | Path) -> tuple[StrideConfig, DataFacts]:
     state = read_checkpoint(path)
     try:
         description = state["hyper_parameters"]["stride"]
-        config = validate(description["config"], f"checkpoint {path}")
+        config = validate(description["config"], f"checkpoint {path}", stored=True)
         return config, DataFacts.from_dict(description["data"])
     except (KeyError, TypeError) as err:
         raise StrideError(f"checkpoint {path} does not describe itself (no hyper_parameters.stride.{err}); "
