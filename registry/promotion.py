@@ -248,9 +248,8 @@ def _already(model_name: str, alias: str, candidate: Candidate, champion: Champi
 
 def _evaluate_champion(client: MlflowClient, champion: Champion, data, force: bool) -> Evaluation | None:
     v = champion.version
-    ref = describe_model(client, f"models:/{v.name}/{v.version}")
-    try:
-        return evaluate_reference(ref, data)
+    try:  # a champion logged before stride recorded digests is refused here too
+        return evaluate_reference(describe_model(client, f"models:/{v.name}/{v.version}"), data)
     except StrideError as err:
         if force:
             log.warning("champion version %s cannot be evaluated on %s (%s); --force replaces it anyway",
