@@ -90,7 +90,7 @@ class PromotionResult:
             lines.append(f"registered: {self.model_name} version {self.version} -> @{self.alias}"
                          + (f"; version {self.champion.version.version} -> @{previous_alias(self.alias)}"
                             if self.champion else ""))
-            lines.append(f"load with : mlflow.pytorch.load_model(\"{self.model_uri}\")  |  "
+            lines.append(f"load with : stride.registry.load_model(\"{self.model_uri}\")  |  "
                          f"stride predict --model {self.model_uri} FILE")
         return "\n".join(lines)
 
