@@ -29,6 +29,9 @@ from stride.tracking.run import MODEL_URI_TAG
 MLMODEL = "MLmodel"
 EXPORTED_PROGRAM = "data/model.pt2"  # where mlflow.pytorch saves a pt2 (torch.export) model
 PICKLE_MODULE_FILE = "pickle_module_info.txt"  # MLflow imports the module it names before unpickling
+# written by MLflow itself into a local artifact store's model folder whenever the model is loaded or downloaded
+# by its models:/ URI (mlflow.store.artifact.models_artifact_repo); YAML that nothing here or in MLflow reads
+MLFLOW_METADATA = frozenset({"registered_model_meta"})
 _LOGGED = re.compile(r"^models:/(?P<id>m-[0-9a-f]+)$")
 _RUN = re.compile(r"^runs:/(?P<run>[^/]+)/(?P<path>.+)$")
 RELOG = "train it again and promote the new run: models and weights logged from now on record their digests"
@@ -115,7 +118,7 @@ def verified_model_folder(files: LoggedFiles, tracking_uri: str, folder: Path) -
         raise StrideError(f"model {files.uri}: {info.relative_to(root).as_posix()} names the pickle module "
                           f"{module!r}, which MLflow would import; stride logs pickle-free pt2 models only, so "
                           "this file was planted in the artifact store: refusing to load the model")
-    check_folder(root, files.digests, f"model {files.uri}")
+    check_folder(root, files.digests, f"model {files.uri}", unread=MLFLOW_METADATA)
     return root
 
 

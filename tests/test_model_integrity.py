@@ -21,7 +21,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from stride.registry import promote_best, write_sample_images
+from stride.registry import load_model, promote_best, write_sample_images
 from stride.registry.verified_models import EXPORTED_PROGRAM
 from stride.tracking.digests import file_sha256, folder_digests
 from stride.tracking.models import MODEL_FILES_TAG
@@ -311,3 +311,27 @@ def test_a_champion_logged_without_digests_is_replaced_only_with_force(mlflow_se
     assert code == 2 and "the champion (version 1) cannot be compared" in err and "has no file digests" in err, err
     code, out, err = stride(capsys, *argv, "--force")
     assert code == 0 and "registered: integrity-old version 2 -> @champion" in out, err
+
+
+def test_the_file_mlflow_itself_writes_into_a_local_store_is_not_taken_for_tampering(tmp_path):
+    """Loading a model by its models:/ URI from a local artifact store (stride's default store) makes MLflow write
+    `registered_model_meta` into the stored model's folder; stride, which never reads it, still loads the model."""
+    import mlflow.pytorch
+
+    from stride.tasks import ExportedModel, TensorSpec
+    from stride.tracking.models import log_exported
+    from stride.tracking.store import fluent_tracking_uri
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("local", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1)).eval()
+    model_uri = log_exported(ExportedModel(network, TensorSpec((1, 2, 2)), TensorSpec((3,))), uri,
+                             client.create_run(experiment_id).info.run_id)
+    with fluent_tracking_uri(uri):
+        mlflow.pytorch.load_model(model_uri)
+    model_id = model_uri.removeprefix("models:/")
+    assert (tmp_path / "mlartifacts" / "models" / model_id / "artifacts" / "registered_model_meta").is_file()
+    inputs = torch.rand(2, 1, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(model_uri, uri)(inputs), network(inputs))

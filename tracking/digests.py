@@ -55,9 +55,10 @@ def check_file(path: Path, expected_sha256: str, what: str) -> None:
                           "logged it: the copy in the artifact store was changed since; refusing to load it")
 
 
-def check_folder(folder: Path, recorded: dict[str, str], what: str) -> None:
-    """StrideError unless `folder` holds exactly the recorded files, each with its recorded sha256."""
-    present = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
+def check_folder(folder: Path, recorded: dict[str, str], what: str, unread: frozenset[str] = frozenset()) -> None:
+    """StrideError unless `folder` holds exactly the recorded files, each with its recorded sha256, besides
+    `unread` ones (paths the caller never reads)."""
+    present = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()} - unread
     if extra := sorted(present - recorded.keys()):
         raise StrideError(f"{what} holds files stride did not log: {', '.join(extra)}; refusing to load it")
     if missing := sorted(recorded.keys() - present):
