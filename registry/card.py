@@ -32,8 +32,8 @@ Input and output: see the model's signature (images are float32 scaled to [0, 1]
 is inside the network).
 
 ```python
-import mlflow.pytorch
-model = mlflow.pytorch.load_model("{uri}")
+from stride.registry import load_model  # checks the files against the digests recorded when they were logged
+model = load_model("{uri}")
 ```
 
 ```bash

@@ -90,7 +90,7 @@ class PromotionResult:
             lines.append(f"registered: {self.model_name} version {self.version} -> @{self.alias}"
                          + (f"; version {self.champion.version.version} -> @{previous_alias(self.alias)}"
                             if self.champion else ""))
-            lines.append(f"load with : mlflow.pytorch.load_model(\"{self.model_uri}\")  |  "
+            lines.append(f"load with : stride.registry.load_model(\"{self.model_uri}\")  |  "
                          f"stride predict --model {self.model_uri} FILE")
         return "\n".join(lines)
 
@@ -248,9 +248,8 @@ def _already(model_name: str, alias: str, candidate: Candidate, champion: Champi
 
 def _evaluate_champion(client: MlflowClient, champion: Champion, data, force: bool) -> Evaluation | None:
     v = champion.version
-    ref = describe_model(client, f"models:/{v.name}/{v.version}")
-    try:
-        return evaluate_reference(ref, data)
+    try:  # a champion logged before stride recorded digests is refused here too
+        return evaluate_reference(describe_model(client, f"models:/{v.name}/{v.version}"), data)
     except StrideError as err:
         if force:
             log.warning("champion version %s cannot be evaluated on %s (%s); --force replaces it anyway",

@@ -5,6 +5,9 @@ model) and `runs:/RUN_ID/PATH`. Class names come from the registered version's
 `stride.class_names` tag (written at promotion), else from the labels file a task logs beside
 its model (a captioner's vocabulary), else from the manifest of the dataset the run was trained
 on, else they are the class indices.
+
+A model is read only after its files are checked against the digests stride recorded when it logged
+them (`stride.registry.verified_models`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import mlflow
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 
 from stride.datamodules.manifest import read_manifest
 from stride.errors import StrideError
-from stride.registry.client import mlflow_errors
 from stride.registry.lock import is_lock
+from stride.registry.verified_models import (LoggedFiles, exported_program, logged_files, verified_mlmodel,
+                                             verified_model_folder)
+from stride.tracking.digests import download_verified
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +46,12 @@ class ModelReference:
     run_id: str | None
     input_shape: tuple[int, ...]  # without the batch dimension
     num_classes: int | None
+    files: LoggedFiles  # the logged model behind an alias, so later alias moves cannot change what is loaded
+    tracking_uri: str
     task: str = "classification"  # the training run's task (stride.task), which knows how to use the model
     registered_name: str | None = None
     version: str | None = None
     version_tags: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def pinned_uri(self) -> str:
-        """The exact version behind an alias, so later alias moves cannot change what was loaded."""
-        return f"models:/{self.registered_name}/{self.version}" if self.version else self.uri
 
 
 def _registered_version(client: MlflowClient, uri: str):
@@ -74,25 +77,22 @@ def _registered_version(client: MlflowClient, uri: str):
 
 
 def describe_model(client: MlflowClient, uri: str) -> ModelReference:
-    """Resolve `uri` without downloading weights; StrideError for malformed or unknown URIs."""
+    """Resolve `uri` (its MLmodel verified, no weights downloaded); StrideError for malformed or unknown URIs."""
     if not uri.startswith(("models:/", "runs:/")):
         raise StrideError(f"model URI {uri!r} is not supported (use {URI_FORMS})")
     version = _registered_version(client, uri) if uri.startswith("models:/") else None
-    try:
-        info = mlflow.models.get_model_info(f"models:/{version.name}/{version.version}" if version else uri)
-    except MlflowException as err:
-        raise StrideError(f"model URI {uri}: not found ({err.message}); expected {URI_FORMS}") from None
-    except OSError as err:
-        raise StrideError(f"model URI {uri}: cannot read its MLmodel file ({err})") from None
-    signature = info.signature
+    files = logged_files(client, uri, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        signature = Model.load(verified_mlmodel(files, client.tracking_uri, Path(tmp))).signature
     if signature is None or not signature.inputs.inputs or signature.inputs.inputs[0].shape is None:
         raise StrideError(f"model {uri} has no tensor input signature; log it with stride (tracking.log_model)")
     input_shape = tuple(int(d) for d in signature.inputs.inputs[0].shape[1:])
     outputs = signature.outputs.inputs if signature.outputs else []
     num_classes = int(outputs[0].shape[-1]) if outputs and getattr(outputs[0], "shape", None) else None
-    run_id = (version.run_id if version else None) or info.run_id
+    run_id = (version.run_id if version else None) or files.run_id
     task = (version.tags.get(TASK_TAG) if version else None) or _run_tag(client, run_id, TASK_TAG) or "classification"
-    return ModelReference(uri=uri, run_id=run_id, input_shape=input_shape, num_classes=num_classes, task=task,
+    return ModelReference(uri=uri, run_id=run_id, input_shape=input_shape, num_classes=num_classes, files=files,
+                          tracking_uri=client.tracking_uri, task=task,
                           registered_name=version.name if version else None,
                           version=str(version.version) if version else None,
                           version_tags=dict(version.tags) if version else {})
@@ -108,11 +108,17 @@ def _run_tag(client: MlflowClient, run_id: str | None, key: str) -> str | None:
 
 
 def load_network(ref: ModelReference) -> torch.nn.Module:
-    """The logged inference network (softmax included), on CPU."""
-    import mlflow.pytorch
+    """The logged inference network (softmax included), on CPU, once its files proved to be the ones logged."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return exported_program(verified_model_folder(ref.files, ref.tracking_uri, Path(tmp)))
 
-    with mlflow_errors(f"loading model {ref.uri}"):
-        return mlflow.pytorch.load_model(ref.pinned_uri)
+
+def load_model(model_uri: str, tracking_uri: str | None = None) -> torch.nn.Module:
+    """Any model URI stride accepts as its network, verified as `stride predict` verifies it (from Python:
+    MLflow's own loader would run code planted in the artifact store)."""
+    from stride.registry.client import connect
+
+    return load_network(describe_model(connect(tracking_uri), model_uri))
 
 
 def class_names(client: MlflowClient, ref: ModelReference) -> list[str]:
@@ -155,16 +161,14 @@ def logged_labels(client: MlflowClient, ref: ModelReference, artifact: str) -> l
 
 
 def download_module(client: MlflowClient, ref: ModelReference, folder: Path) -> Path:
-    """The weights-only checkpoint (`weights/module.pt`) logged beside the model, downloaded into `folder`."""
-    from stride.tracking.run import MODULE_ARTIFACT
+    """The weights-only checkpoint (`weights/module.pt`) logged beside the model, downloaded into `folder` and
+    checked against the sha256 its run recorded."""
+    from stride.tracking.run import MODULE_ARTIFACT, MODULE_SHA256_TAG
 
     if ref.run_id is None:
         raise StrideError(f"model {ref.uri}: no training run is recorded for it, so no weights to rebuild it "
                           "from; pass its checkpoint with --checkpoint PATH")
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=MODULE_ARTIFACT,
-                                                        dst_path=str(folder), tracking_uri=client.tracking_uri))
-    except (MlflowException, OSError) as err:
-        raise StrideError(f"model {ref.uri}: its run {ref.run_id} has no {MODULE_ARTIFACT} artifact ({err}); "
-                          "runs logged before stride logged it lack it: retrain, or pass the run's checkpoint "
-                          "(its tag best_checkpoint) with --checkpoint PATH") from None
+    return download_verified(client.tracking_uri, ref.run_id, MODULE_ARTIFACT, _run_tag(client, ref.run_id,
+                             MODULE_SHA256_TAG), folder, f"model {ref.uri}",
+                             hint="; runs logged before stride logged it lack it: retrain, or pass the run's "
+                                  "checkpoint (its tag best_checkpoint) with --checkpoint PATH")

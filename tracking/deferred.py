@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import tempfile
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stride.errors import StrideError
 from stride.tasks import DataFacts, get_task
+from stride.tracking.digests import download_verified
 from stride.tracking.models import log_exported
-from stride.tracking.run import DEFERRED_MODEL_TAG, MODEL_URI_TAG, MODULE_ARTIFACT
+from stride.tracking.run import DEFERRED_MODEL_TAG, MODEL_URI_TAG, MODULE_ARTIFACT, MODULE_SHA256_TAG
 from stride.training.checkpoints import load_module
 
 EXPORTED_LATER_TAG = "stride.model_exported_from"
@@ -37,11 +37,9 @@ def export_deferred_model(tracking_uri: str, run_id: str) -> str:
         raise StrideError(f"run {run_id} has no logged model nor weights to export one from (tags {MODEL_URI_TAG}, "
                           f"{DEFERRED_MODEL_TAG}); train with tracking.log_model=true")
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODULE_ARTIFACT, dst_path=tmp,
-                                                       tracking_uri=tracking_uri)
-        except (MlflowException, OSError) as err:
-            raise StrideError(f"run {run_id}: its {MODULE_ARTIFACT} artifact cannot be read ({err})") from None
+        # the exported model's digests will vouch for it: its weights must be the ones the run logged
+        path = download_verified(tracking_uri, run_id, MODULE_ARTIFACT, tags.get(MODULE_SHA256_TAG), tmp,
+                                 f"exporting run {run_id}'s model")
         config, module = load_module(path)  # weights_only: nothing in the artifact store is unpickled
     facts = DataFacts.from_dict(module.hparams["stride"]["data"])
     try:

@@ -32,6 +32,7 @@ from stride import __version__
 from stride.config.loading import config_to_dict, config_to_yaml, flatten
 from stride.config.schema import StrideConfig
 from stride.tasks import DataFacts, get_task
+from stride.tracking.digests import file_sha256
 from stride.tracking.models import log_exported
 from stride.tracking.store import ensure_experiment, fluent_tracking_uri
 from stride.training.history import EpochHistory
@@ -41,6 +42,7 @@ MODEL_URI_TAG = "stride.model_uri"
 # the trained module as a weights-only stride checkpoint, beside the exported program that hides its feature
 # maps: `stride explain` rebuilds the network from it (stride.training.checkpoints.load_module reads it)
 MODULE_ARTIFACT = "weights/module.pt"
+MODULE_SHA256_TAG = "stride.module_sha256"  # of MODULE_ARTIFACT as logged: readers refuse a changed copy
 DEFERRED_MODEL_TAG = "stride.model_deferred"  # the run logged weights only (tracking.log_model=deferred)
 MAX_PARAM_CHARS = 6000
 # the process that owns a RUNNING run, so a later stride command can tell a live run from a ghost
@@ -219,9 +221,10 @@ class MlflowRun(EpochHistory):
         folder, name = MODULE_ARTIFACT.rsplit("/", 1)
         state = {key: value.detach().cpu() for key, value in pl_module.state_dict().items()}
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save({"state_dict": state, "hyper_parameters": {"stride": pl_module.hparams["stride"]}},
-                       Path(tmp) / name)
-            self.client.log_artifact(self.run_id, str(Path(tmp) / name), folder)
+            path = Path(tmp) / name
+            torch.save({"state_dict": state, "hyper_parameters": {"stride": pl_module.hparams["stride"]}}, path)
+            self.client.log_artifact(self.run_id, str(path), folder)
+            self.client.set_tag(self.run_id, MODULE_SHA256_TAG, file_sha256(path))
 
     def phase_times(self, now: float) -> dict[str, float]:
         """Where the run's wall time went: `time_setup_s` (run created to fit start: trainer, data),
