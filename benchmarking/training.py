@@ -14,6 +14,7 @@ from stride.benchmarking.timing import Throughput, cpu_s, now_s
 from stride.config.schema import StrideConfig
 from stride.lightning_modules.classification import build_optimizer
 from stride.tasks import DataFacts, get_task
+from stride.tracking.contract import BENCH_EXPERIMENT
 from stride.tracking.run import MlflowRun
 from stride.training import Launch, open_datamodule, train
 from stride.training.speed import prepare_network, resolve_precision
@@ -42,7 +43,7 @@ def stride_throughput(config: StrideConfig, *, steps: int, warmup_steps: int, tr
     """`stride train`'s path (the training core, its datamodule and module, the MLflow recorder)
     without validation or testing, logged as a run of the experiment `stride-bench` in `tracking_uri`."""
     config = config.model_copy(deep=True)
-    config.tracking.experiment = "stride-bench"
+    config.tracking.experiment = BENCH_EXPERIMENT
     timer = StepTimer(warmup_steps, steps)
     launch = Launch(test=False, trainer_overrides=dict(max_epochs=-1, max_steps=warmup_steps + steps,
                                                        limit_val_batches=0, num_sanity_val_steps=0,

@@ -25,11 +25,10 @@ from stride.datamodules.manifest import read_manifest
 from stride.errors import StrideError
 from stride.registry.client import mlflow_errors
 from stride.registry.lock import is_lock
+from stride.tracking.contract import BEST_CHECKPOINT_TAG, CLASS_NAMES_TAG, DATASET_PATH_TAG, TASK_TAG
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES_TAG = "stride.class_names"
-TASK_TAG = "stride.task"
 URI_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id> or runs:/RUN_ID/model"
 _REGISTERED = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -125,7 +124,7 @@ def class_names(client: MlflowClient, ref: ModelReference) -> list[str]:
     names: list[str] = []
     if ref.run_id:
         try:
-            path = client.get_run(ref.run_id).data.tags.get("dataset.path")
+            path = client.get_run(ref.run_id).data.tags.get(DATASET_PATH_TAG)
             names = read_manifest(path).class_names if path else []
         except (MlflowException, StrideError) as err:
             log.info("class names of %s unavailable (%s); using indices", ref.uri, err)
@@ -156,7 +155,7 @@ def logged_labels(client: MlflowClient, ref: ModelReference, artifact: str) -> l
 
 def download_module(client: MlflowClient, ref: ModelReference, folder: Path) -> Path:
     """The weights-only checkpoint (`weights/module.pt`) logged beside the model, downloaded into `folder`."""
-    from stride.tracking.run import MODULE_ARTIFACT
+    from stride.tracking.contract import MODULE_ARTIFACT
 
     if ref.run_id is None:
         raise StrideError(f"model {ref.uri}: no training run is recorded for it, so no weights to rebuild it "
@@ -167,4 +166,4 @@ def download_module(client: MlflowClient, ref: ModelReference, folder: Path) -> 
     except (MlflowException, OSError) as err:
         raise StrideError(f"model {ref.uri}: its run {ref.run_id} has no {MODULE_ARTIFACT} artifact ({err}); "
                           "runs logged before stride logged it lack it: retrain, or pass the run's checkpoint "
-                          "(its tag best_checkpoint) with --checkpoint PATH") from None
+                          f"(its tag {BEST_CHECKPOINT_TAG}) with --checkpoint PATH") from None

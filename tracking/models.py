@@ -15,10 +15,11 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from stride.tasks import ExportedModel
+from stride.tracking.contract import MODEL_NAME
 from stride.tracking.store import fluent_tracking_uri
 
 
-def log_exported(model: ExportedModel, tracking_uri: str, run_id: str, name: str = "model") -> str:
+def log_exported(model: ExportedModel, tracking_uri: str, run_id: str, name: str = MODEL_NAME) -> str:
     """Log as an output of run `run_id` (running or finished, no fluent run needed); return its URI
     (models:/<model_id>). The logged model is created in the run's experiment explicitly: MLflow would
     otherwise file a model logged outside an active run under the default experiment."""

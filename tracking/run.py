@@ -32,20 +32,16 @@ from stride import __version__
 from stride.config.loading import config_to_dict, config_to_yaml, flatten
 from stride.config.schema import StrideConfig
 from stride.tasks import DataFacts, get_task
+from stride.tracking.contract import (ARCHITECTURE_TAG, BEST_CHECKPOINT_TAG, CONFIG_ARTIFACT, DATASET_CONTEXT_TAG,
+                                      DATASET_DIGEST_CHARS, DATASET_NAME_TAG, DATASET_PATH_TAG, DATASET_SHA256_TAG,
+                                      DEFERRED_MODEL_TAG, ENDED_BY_TAG, EPOCH_TIME_METRIC, GIT_COMMIT_TAG, HOST_TAG,
+                                      MAX_PARAM_CHARS, MAX_PERTURBED_CHARS, MODEL_URI_TAG, MODULE_ARTIFACT,
+                                      NUM_PARAMS_PARAM, PARENT_TAG, PERTURBED_PREFIX, PHASES, PID_TAG, PLOTS_FOLDER,
+                                      PROCESS_STARTED_TAG, RECIPE_TAG, TASK_TAG, TRAINING_CONTEXT, VERSION_TAG,
+                                      WALL_TIME_METRIC, best_metric, phase_time_metric)
 from stride.tracking.models import log_exported
 from stride.tracking.store import ensure_experiment, fluent_tracking_uri
 from stride.training.history import EpochHistory
-
-PARENT_TAG = "mlflow.parentRunId"
-MODEL_URI_TAG = "stride.model_uri"
-# the trained module as a weights-only stride checkpoint, beside the exported program that hides its feature
-# maps: `stride explain` rebuilds the network from it (stride.training.checkpoints.load_module reads it)
-MODULE_ARTIFACT = "weights/module.pt"
-DEFERRED_MODEL_TAG = "stride.model_deferred"  # the run logged weights only (tracking.log_model=deferred)
-MAX_PARAM_CHARS = 6000
-# the process that owns a RUNNING run, so a later stride command can tell a live run from a ghost
-HOST_TAG, PID_TAG, PROCESS_STARTED_TAG = "stride.host", "stride.pid", "stride.process_started"
-PERTURBED_PREFIX = "stride.perturbed."  # a continued run trained on with other values (PBT): their history
 
 
 def process_tags() -> dict[str, str]:
@@ -73,7 +69,7 @@ def fail_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
                                   f"tags.`{HOST_TAG}` = '{host}'", max_results=1000):
         tags = run.data.tags
         if PID_TAG in tags and not _alive(int(tags[PID_TAG]), tags.get(PROCESS_STARTED_TAG, "")):
-            client.set_tag(run.info.run_id, "stride.ended_by",
+            client.set_tag(run.info.run_id, ENDED_BY_TAG,
                            f"a later stride command: process {tags[PID_TAG]} on {host} ended without closing the run")
             client.set_terminated(run.info.run_id, "FAILED")
             ended.append(run.info.run_id)
@@ -108,9 +104,9 @@ def git_commit() -> str | None:
 
 def dataset_input(path: str, name: str, sha256: str) -> DatasetInput:
     """The dataset as MLflow shows it in the runs table: name, manifest sha256 as digest, source path."""
-    digest = sha256[:32]  # MLflow stores at most 36 characters
+    digest = sha256[:DATASET_DIGEST_CHARS]
     dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": path}))
-    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
+    return DatasetInput(dataset, tags=[InputTag(DATASET_CONTEXT_TAG, TRAINING_CONTEXT)])
 
 
 class MlflowRun(EpochHistory):
@@ -121,10 +117,10 @@ class MlflowRun(EpochHistory):
         self.client = MlflowClient(uri)
         self.experiment_id = ensure_experiment(uri, config.tracking.experiment)
         if run_id is None:
-            all_tags = {"stride.version": __version__, "stride.recipe": config.name, "stride.task": config.task,
-                        "stride.architecture": config.model.architecture, **config.tracking.tags, **(tags or {})}
+            all_tags = {VERSION_TAG: __version__, RECIPE_TAG: config.name, TASK_TAG: config.task,
+                        ARCHITECTURE_TAG: config.model.architecture, **config.tracking.tags, **(tags or {})}
             if commit := git_commit():
-                all_tags["git.commit"] = commit
+                all_tags[GIT_COMMIT_TAG] = commit
             if parent_run_id:
                 all_tags[PARENT_TAG] = parent_run_id
             run = self.client.create_run(self.experiment_id, run_name=run_name or config.tracking.run_name
@@ -157,7 +153,7 @@ class MlflowRun(EpochHistory):
             return
         datamodule = trainer.datamodule
         params = flatten(config_to_dict(self.config))
-        params["model.num_params"] = sum(p.numel() for p in pl_module.parameters())
+        params[NUM_PARAMS_PARAM] = sum(p.numel() for p in pl_module.parameters())
         shown = {k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()}
         fresh = [Param(k, v) for k, v in shown.items() if k not in self._params_logged]
         for start in range(0, len(fresh), 100):  # MLflow takes at most 100 params per call
@@ -168,19 +164,20 @@ class MlflowRun(EpochHistory):
             history = self._perturbed.get(tag, self._params_logged.get(key, value))
             if history.rsplit(" -> ", 1)[-1] != value:
                 self._perturbed[tag] = f"{history} -> {value}"
-                self.client.set_tag(self.run_id, tag, self._perturbed[tag][-5000:])
+                self.client.set_tag(self.run_id, tag, self._perturbed[tag][-MAX_PERTURBED_CHARS:])
         self._params_logged = {**shown, **self._params_logged}
         path, sha = str(Path(datamodule.root).absolute()), datamodule.dataset_sha256
-        for key, value in {"dataset.path": path, "dataset.name": datamodule.manifest.dataset,
-                           "dataset.manifest_sha256": sha}.items():
+        for key, value in {DATASET_PATH_TAG: path, DATASET_NAME_TAG: datamodule.manifest.dataset,
+                           DATASET_SHA256_TAG: sha}.items():
             self.client.set_tag(self.run_id, key, value)
-        self.client.log_text(self.run_id, config_to_yaml(self.config), "config.yaml")
+        self.client.log_text(self.run_id, config_to_yaml(self.config), CONFIG_ARTIFACT)
         self.client.log_inputs(self.run_id, datasets=[dataset_input(path, datamodule.manifest.dataset, sha)])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         # what `stride bench --search` subtracts from a trial's time
-        self.client.log_metric(self.run_id, "epoch_time_s", round(self.epoch_times_s[-1], 4), step=trainer.global_step)
+        self.client.log_metric(self.run_id, EPOCH_TIME_METRIC, round(self.epoch_times_s[-1], 4),
+                               step=trainer.global_step)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._clock.setdefault("fit", time.perf_counter())
@@ -194,13 +191,13 @@ class MlflowRun(EpochHistory):
         checkpoint = trainer.checkpoint_callback
         monitor = self.config.trainer.monitor
         if checkpoint is not None and checkpoint.best_model_score is not None:
-            self.client.log_metric(self.run_id, f"best_{monitor}", float(checkpoint.best_model_score))
-            self.client.set_tag(self.run_id, "best_checkpoint", checkpoint.best_model_path)
+            self.client.log_metric(self.run_id, best_metric(monitor), float(checkpoint.best_model_score))
+            self.client.set_tag(self.run_id, BEST_CHECKPOINT_TAG, checkpoint.best_model_path)
         task = get_task(self.config.task)
         facts = DataFacts.of(trainer.datamodule)
         with tempfile.TemporaryDirectory() as tmp:
             for png in task.figures(pl_module, facts, self.history, Path(tmp), self.config.name):
-                self.client.log_artifact(self.run_id, str(png), "plots")
+                self.client.log_artifact(self.run_id, str(png), PLOTS_FOLDER)
         log_model = self.config.tracking.log_model
         if not log_model:
             return
@@ -226,10 +223,10 @@ class MlflowRun(EpochHistory):
     def phase_times(self, now: float) -> dict[str, float]:
         """Where the run's wall time went: `time_setup_s` (run created to fit start: trainer, data),
         `time_fit_s` (training and validation), `time_test_s`, `time_logging_s` (plots, the model)."""
-        marks = [("setup", self._started_s), *((p, self._clock[p]) for p in ("fit", "test", "logging")
-                                               if p in self._clock), ("end", now)]
-        times = {f"time_{phase}_s": later - began for (phase, began), (_, later) in zip(marks, marks[1:])}
-        return {"wall_time_s": now - self._started_s, **times}
+        marks = [(PHASES[0], self._started_s), *((p, self._clock[p]) for p in PHASES[1:] if p in self._clock),
+                 ("end", now)]
+        times = {phase_time_metric(phase): later - began for (phase, began), (_, later) in zip(marks, marks[1:])}
+        return {WALL_TIME_METRIC: now - self._started_s, **times}
 
     # -- the run's end ---------------------------------------------------------------------------
     def end(self, status: str = "FINISHED") -> None:

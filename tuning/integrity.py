@@ -20,9 +20,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from stride.errors import StrideError
-
-DIGESTS_ARTIFACT = "search_state_sha256.json"
-DIGESTS_TAG = "stride.state_sha256"
+from stride.tracking.contract import STATE_DIGESTS_ARTIFACT as DIGESTS_ARTIFACT
+from stride.tracking.contract import STATE_DIGESTS_TAG as DIGESTS_TAG
 CHECKPOINT_SUFFIXES = (".ckpt",)  # read with weights_only=True, never unpickled
 
 

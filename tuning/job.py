@@ -18,12 +18,12 @@ from typing import Sequence
 import pytorch_lightning as pl
 
 from stride.config.schema import StrideConfig
+from stride.tracking.contract import RESUMED_FROM_TAG, RUN_KEY_TAG
 from stride.tracking.run import MlflowRun
 from stride.training import Launch, train
-from stride.tuning.runs import RUN_KEY_TAG, find_run
+from stride.tuning.runs import find_run
 
 TUNE_CHECKPOINT_FILE = "checkpoint.ckpt"
-RESUMED_FROM_TAG = "stride.resumed_from"  # the checkpoint a continued run last resumed from
 
 
 @dataclass
