@@ -15,7 +15,6 @@ from stride.config.schema import StrideConfig
 from stride.lightning_modules.classification import build_optimizer
 from stride.tasks import DataFacts, get_task
 from stride.tracking.contract import BENCH_EXPERIMENT
-from stride.tracking.run import MlflowRun
 from stride.training import Launch, open_datamodule, train
 from stride.training.speed import prepare_network, resolve_precision
 
@@ -38,19 +37,28 @@ class StepTimer(pl.Callback):
             self.finished_s, self.cpu_finished_s = now_s(pl_module.device), cpu_s()
 
 
-def stride_throughput(config: StrideConfig, *, steps: int, warmup_steps: int, tracking_uri: str,
+def stride_throughput(config: StrideConfig, *, steps: int, warmup_steps: int, tracking_uri: str | None,
                       workdir: str) -> Throughput:
     """`stride train`'s path (the training core, its datamodule and module, the MLflow recorder)
-    without validation or testing, logged as a run of the experiment `stride-bench` in `tracking_uri`."""
+    without validation or testing, logged as a run of the experiment `stride-bench` in `tracking_uri`
+    (None: no recorder)."""
     config = config.model_copy(deep=True)
     config.tracking.experiment = BENCH_EXPERIMENT
     timer = StepTimer(warmup_steps, steps)
     launch = Launch(test=False, trainer_overrides=dict(max_epochs=-1, max_steps=warmup_steps + steps,
                                                        limit_val_batches=0, num_sanity_val_steps=0,
                                                        default_root_dir=workdir))
-    with MlflowRun(tracking_uri, config, run_name=f"bench {config.name}") as run:
+    with contextlib.ExitStack() as stack:
+        callbacks, loggers = [timer], []
+        if tracking_uri is not None:
+            from stride.tracking.recorder import RunRecorder
+            from stride.tracking.run import MlflowRun
+
+            run = stack.enter_context(MlflowRun(tracking_uri, config, run_name=f"bench {config.name}"))
+            recorder = RunRecorder(run)
+            callbacks, loggers = [timer, *recorder.callbacks], recorder.loggers
         with contextlib.redirect_stdout(sys.stderr):  # Lightning's progress bar writes to stdout
-            train(config, callbacks=[timer, *run.callbacks], loggers=[run.logger], launch=launch)
+            train(config, callbacks=callbacks, loggers=loggers, launch=launch)
     assert timer.started_s is not None and timer.finished_s is not None, "training stopped before the last step"
     return Throughput(steps * config.data.batch_size, timer.finished_s - timer.started_s,
                       timer.cpu_finished_s - timer.cpu_started_s)
