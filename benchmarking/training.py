@@ -14,6 +14,7 @@ from stride.benchmarking.timing import Throughput, cpu_s, now_s
 from stride.config.schema import StrideConfig
 from stride.lightning_modules.base import build_optimizer
 from stride.tasks import DataFacts, get_task
+from stride.tracking.contract import BENCH_EXPERIMENT
 from stride.training import Launch, open_datamodule, train
 from stride.training.speed import prepare_network, resolve_precision
 
@@ -42,20 +43,22 @@ def stride_throughput(config: StrideConfig, *, steps: int, warmup_steps: int, tr
     without validation or testing, logged as a run of the experiment `stride-bench` in `tracking_uri`
     (None: no recorder, for machines without MLflow such as the GPU lane's)."""
     config = config.model_copy(deep=True)
-    config.tracking.experiment = "stride-bench"
+    config.tracking.experiment = BENCH_EXPERIMENT
     timer = StepTimer(warmup_steps, steps)
     launch = Launch(test=False, trainer_overrides=dict(max_epochs=-1, max_steps=warmup_steps + steps,
                                                        limit_val_batches=0, num_sanity_val_steps=0,
                                                        default_root_dir=workdir))
     with contextlib.ExitStack() as stack:
-        stack.enter_context(contextlib.redirect_stdout(sys.stderr))  # Lightning's progress bar writes to stdout
         callbacks, loggers = [timer], []
         if tracking_uri is not None:
+            from stride.tracking.recorder import RunRecorder
             from stride.tracking.run import MlflowRun
 
             run = stack.enter_context(MlflowRun(tracking_uri, config, run_name=f"bench {config.name}"))
-            callbacks, loggers = [timer, *run.callbacks], [run.logger]
-        train(config, callbacks=callbacks, loggers=loggers, launch=launch)
+            recorder = RunRecorder(run)
+            callbacks, loggers = [timer, *recorder.callbacks], recorder.loggers
+        with contextlib.redirect_stdout(sys.stderr):  # Lightning's progress bar writes to stdout
+            train(config, callbacks=callbacks, loggers=loggers, launch=launch)
     assert timer.started_s is not None and timer.finished_s is not None, "training stopped before the last step"
     return Throughput(steps * config.data.batch_size, timer.finished_s - timer.started_s,
                       timer.cpu_finished_s - timer.cpu_started_s)

@@ -12,8 +12,9 @@ import tempfile
 from pathlib import Path
 
 from stride.pipelines.arguments import add_tracking_argument
-
-EXPERIMENT = "evaluations"
+from stride.tracking.contract import (DATASET_PATH_TAG, DATASET_SHA256_TAG, EVALUATED_MODEL_TAG, EVALUATED_RUN_ID_TAG,
+                                      EVALUATIONS_EXPERIMENT, MODEL_VERSION_TAG, PLOTS_FOLDER, REGISTERED_MODEL_TAG,
+                                      SPLIT_TAG, TASK_TAG)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -24,7 +25,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--predictions-dir", help="also write per-image prediction files there (detection: the "
                         "`<event>/<name>.txt` files the official WIDER FACE evaluation tools read)")
-    parser.add_argument("--experiment", default=EXPERIMENT, help=f"where the evaluation run goes ({EXPERIMENT})")
+    parser.add_argument("--experiment", default=EVALUATIONS_EXPERIMENT,
+                        help=f"where the evaluation run goes ({EVALUATIONS_EXPERIMENT})")
     add_tracking_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"samples  : {result.samples}")
     if written:
         print(f"files    : {len(written)} prediction files under {args.predictions_dir}")
-    print(f"logged   : run {run_id} in experiment {args.experiment!r} (plots/)")
+    print(f"logged   : run {run_id} in experiment {args.experiment!r} ({PLOTS_FOLDER}/)")
     print(f"MLflow   : {link}")
     return 0
 
@@ -66,18 +68,18 @@ def log_evaluation(task, ref, result, experiment: str, tracking_uri: str | None)
 
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
-    tags = {"stride.evaluated_model": ref.uri, "dataset.path": result.dataset_path,
-            "dataset.manifest_sha256": result.dataset_sha256, "stride.split": result.split, "stride.task": ref.task}
+    tags = {EVALUATED_MODEL_TAG: ref.uri, DATASET_PATH_TAG: result.dataset_path,
+            DATASET_SHA256_TAG: result.dataset_sha256, SPLIT_TAG: result.split, TASK_TAG: ref.task}
     if ref.run_id:
-        tags["stride.evaluated_run_id"] = ref.run_id
+        tags[EVALUATED_RUN_ID_TAG] = ref.run_id
     if ref.version:
-        tags.update({"stride.registered_model": ref.registered_name, "stride.model_version": ref.version})
+        tags.update({REGISTERED_MODEL_TAG: ref.registered_name, MODEL_VERSION_TAG: ref.version})
     experiment_id = ensure_experiment(uri, experiment)
     run_id = client.create_run(experiment_id, run_name=f"evaluate {ref.uri}", tags=tags).info.run_id
     for key, value in result.metrics.items():
         client.log_metric(run_id, key, value)
     with tempfile.TemporaryDirectory() as tmp:
         for png in task.evaluation_figures(result, Path(tmp), ref.uri):
-            client.log_artifact(run_id, str(png), "plots")
+            client.log_artifact(run_id, str(png), PLOTS_FOLDER)
     client.set_terminated(run_id)
     return run_id, ui_hint(uri, experiment_id, run_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from stride.pipelines.arguments import add_tracking_argument, non_negative_number
+from stride.tracking.contract import CHAMPION_ALIAS, previous_alias
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -27,7 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-delta", type=non_negative_number, default=0.0,
                         help="how much better the challenger must test than the champion (default 0: any gain)")
     parser.add_argument("--force", action="store_true", help="promote even if the gate refuses (recorded as forced)")
-    parser.add_argument("--alias", default="champion", help="alias to move (the old holder gets 'previous')")
+    parser.add_argument("--alias", default=CHAMPION_ALIAS, help="alias to move (the old holder of @"
+                        f"{CHAMPION_ALIAS} gets @{previous_alias(CHAMPION_ALIAS)})")
     parser.add_argument("--data", help="dataset folder to evaluate on, if it moved since training (its manifest "
                                        "sha256 must match the run's)")
     parser.add_argument("--lock-timeout", type=non_negative_number, default=120.0, metavar="SECONDS",

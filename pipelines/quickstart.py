@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from stride.pipelines.arguments import add_tracking_argument
+from stride.tracking.contract import CHAMPION_ALIAS
 
 MODEL_NAME = "quickstart-digits"
 EXPERIMENT = "quickstart"
@@ -86,10 +87,10 @@ def search_promote_predict(workdir: Path, shards: Path, data_overrides: list[str
                         storage=str(workdir / "ray_results"), verbose=verbose)
     print(search.table())
     stage(4, stages, f"promoting the experiment's best run (training or trial) to the registry as "
-                     f"{MODEL_NAME}@champion")
+                     f"{MODEL_NAME}@{CHAMPION_ALIAS}")
     promotion = promote_best(uri, experiment=EXPERIMENT, model_name=MODEL_NAME)
     print(promotion.summary())
-    stage(5, stages, f"predicting test images with models:/{MODEL_NAME}@champion")
+    stage(5, stages, f"predicting test images with models:/{MODEL_NAME}@{CHAMPION_ALIAS}")
     samples = write_sample_images(shards, workdir / "predict-examples", count=4)
     rows, table = predict_files(promotion.model_uri, [path for path, _ in samples], top_k=3, tracking_uri=uri)
     print(table)
@@ -97,7 +98,7 @@ def search_promote_predict(workdir: Path, shards: Path, data_overrides: list[str
     best = "no finished trial" if search.best_metric is None else f"best {search.metric} {search.best_metric:.4f}"
     return [("search", f"{search.parent_run_id} ({best}, {search.wall_time_s:.0f} s)"),
             ("search runs", ui_link(uri, search.experiment_id, search.parent_run_id)),
-            ("champion", f"{promotion.model_uri} (run {promotion.candidate.run_id}, "
+            (CHAMPION_ALIAS, f"{promotion.model_uri} (run {promotion.candidate.run_id}, "
                          f"{promotion.candidate.metric_key} {promotion.candidate.value:.4f})"),
             ("predictions", f"{correct}/{len(rows)} sample images right"),
             ("predict", f"stride predict --model {promotion.model_uri} IMAGE.png --tracking-uri {uri}")]

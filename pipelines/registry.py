@@ -6,6 +6,7 @@ import argparse
 import time
 
 from stride.pipelines.arguments import add_tracking_argument
+from stride.tracking.contract import CHAMPION_ALIAS, CLASS_NAMES_TAG
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -21,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         if action != "list":
             command.add_argument("name")
         if action == "rollback":
-            command.add_argument("--alias", default="champion")
+            command.add_argument("--alias", default=CHAMPION_ALIAS)
         add_tracking_argument(command)
         command.set_defaults(handler=handler)
 
@@ -68,7 +69,7 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"\nversion {version.version} {' '.join(sorted(aliases_of.get(str(version.version), [])))}".rstrip())
         print(f"  created   {created}  run {version.run_id}  source {version.source}")
         for key in sorted(version.tags):
-            if key != "stride.class_names":
+            if key != CLASS_NAMES_TAG:
                 print(f"  {key:<32} {version.tags[key]}")
     return 0
 

@@ -46,11 +46,14 @@ class RecordedTraining:
 
 
 def train_and_record(config: "StrideConfig", *, tracking_uri: str | None = None) -> RecordedTraining:
-    """`stride train`'s launcher: check the data and the store, then the core with an MLflow run."""
+    """`stride train`'s launcher: check the data and the store, then the core recorded in an MLflow run,
+    whose figures and model are published once it returned."""
     from pytorch_lightning.utilities import rank_zero_only
 
     from mlflow.tracking import MlflowClient
 
+    from stride.tracking.publish import publish_training
+    from stride.tracking.recorder import RunRecorder
     from stride.tracking.run import MlflowRun, fail_dead_runs
     from stride.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
     from stride.training import Launch, open_datamodule, train
@@ -62,9 +65,12 @@ def train_and_record(config: "StrideConfig", *, tracking_uri: str | None = None)
         return RecordedTraining(train(config), uri)
     fail_dead_runs(MlflowClient(uri), ensure_experiment(uri, config.tracking.experiment))
     with MlflowRun(uri, config) as run:
+        recorder = RunRecorder(run)
         launch = Launch(checkpoint_dir=str(Path(config.trainer.checkpoint_dir) / run.run_id))
-        outcome = train(config, callbacks=[*run.callbacks, announce_model_callback()], loggers=[run.logger], launch=launch)
-    return RecordedTraining(outcome, uri, run.run_id, run.experiment_id, run.model_uri)
+        outcome = train(config, callbacks=[*recorder.callbacks, announce_model_callback()], loggers=recorder.loggers,
+                        launch=launch)
+        model_uri = publish_training(run, outcome)
+    return RecordedTraining(outcome, uri, run.run_id, run.experiment_id, model_uri)
 
 
 def announce_model_callback():

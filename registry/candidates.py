@@ -10,11 +10,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from stride.errors import StrideError
-from stride.registry.references import TASK_TAG
+from stride.tracking.contract import MODEL_URI_TAG, PARENT_TAG, SEARCH_ID_TAG, TASK_TAG, best_metric
 from stride.tracking.deferred import has_model
-from stride.tracking.run import MODEL_URI_TAG, PARENT_TAG, fail_dead_runs
-
-SEARCH_ID_TAG = "stride.search_id"
+from stride.tracking.run import fail_dead_runs
 
 
 @dataclass
@@ -70,7 +68,7 @@ def runs_of_search(client: MlflowClient, search_id: str) -> tuple[list[Run], str
 
 def comparison_key(run: Run, metric: str) -> str | None:
     """`best_<metric>` where training recorded it (the checkpoint that was kept), else `metric` itself."""
-    for key in (f"best_{metric}", metric):
+    for key in (best_metric(metric), metric):
         if key in run.data.metrics and math.isfinite(run.data.metrics[key]):
             return key
     return None

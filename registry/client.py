@@ -6,12 +6,11 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from stride.errors import StrideError
-from stride.tracking.store import check_reachable, resolve_tracking_uri
+from stride.tracking.store import check_reachable, resolve_tracking_uri, set_fluent_tracking_uri
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -20,18 +19,12 @@ def connect(tracking_uri: str | None = None) -> MlflowClient:
     """Resolve and check the store (fails fast when a server is down), point mlflow's fluent calls
     (`load_model`, artifact downloads) at it, and return a client of it.
 
-    Nothing else of the process is pinned: `mlflow.set_tracking_uri` also exports
-    $MLFLOW_TRACKING_URI, which would redirect every later store resolution of this process and
-    its children, and a global registry URI would win over the tracking URI of every later
-    `MlflowClient(uri)`. The registry follows the tracking URI by default."""
+    Nothing else of the process is pinned (`set_fluent_tracking_uri` says why), and no global registry
+    URI is set: it would win over the tracking URI of every later `MlflowClient(uri)`. The registry
+    follows the tracking URI by default."""
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
-    exported = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    if exported is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = exported
+    set_fluent_tracking_uri(uri)
     return MlflowClient(uri, registry_uri=uri)
 
 

@@ -25,11 +25,7 @@ from mlflow.exceptions import MlflowException
 
 from stride.errors import StrideError
 from stride.registry.client import error_code, is_missing
-
-LOCK_SUFFIX = ".stride-lock"
-LOCK_TAG = "stride.lock"
-OWNER_TAG = "stride.lock.owner"
-EXPIRES_TAG = "stride.lock.expires_at"
+from stride.tracking.contract import LOCK_EXPIRES_TAG, LOCK_OWNER_TAG, LOCK_SUFFIX, LOCK_TAG
 
 
 def lock_name(model_name: str) -> str:
@@ -47,7 +43,7 @@ def _holder(client: MlflowClient, name: str) -> tuple[str, float] | None:
         if is_missing(err):
             return None
         raise
-    return tags.get(OWNER_TAG, "?"), float(tags.get(EXPIRES_TAG, "0") or 0)
+    return tags.get(LOCK_OWNER_TAG, "?"), float(tags.get(LOCK_EXPIRES_TAG, "0") or 0)
 
 
 def _break_if_stale(client: MlflowClient, name: str, owner: str, expires_at: float) -> None:
@@ -83,7 +79,7 @@ def registry_lock(client: MlflowClient, model_name: str, *, timeout_s: float = 1
         expires_at = time.time() + ttl_s
         try:
             client.create_registered_model(
-                name, tags={LOCK_TAG: "true", OWNER_TAG: owner, EXPIRES_TAG: f"{expires_at:.3f}"},
+                name, tags={LOCK_TAG: "true", LOCK_OWNER_TAG: owner, LOCK_EXPIRES_TAG: f"{expires_at:.3f}"},
                 description=f"Held by stride during a {purpose} of {model_name!r}; deleted when done. "
                             f"Safe to delete once {owner} is no longer running (`stride registry unlock`).")
             break

@@ -23,24 +23,21 @@ from mlflow.exceptions import MlflowException
 
 from stride.datamodules.manifest import MANIFEST_NAME
 from stride.errors import StrideError
-from stride.registry.candidates import (SEARCH_ID_TAG, PARENT_TAG, Candidate, run_as_candidate, runs_of_experiment,
-                                        runs_of_search, select_best)
+from stride.registry.candidates import Candidate, run_as_candidate, runs_of_experiment, runs_of_search, select_best
 from stride.registry.card import model_card
 from stride.registry.client import connect, is_missing, mlflow_errors
 from stride.registry.evaluation import check_dataset_identity, evaluate_network
 from stride.registry.lock import LOCK_SUFFIX, registry_lock
-from stride.registry.references import CLASS_NAMES_TAG, TASK_TAG, ModelReference, describe_model, load_network
+from stride.registry.references import ModelReference, describe_model, load_network
 from stride.tasks import Evaluation, Task, get_task
+from stride.tracking.contract import (CHAMPION_ALIAS, CLASS_NAMES_TAG, CONFIG_ARTIFACT, CONFIG_SHA256_TAG,
+                                      DATASET_PATH_TAG, DATASET_SHA256_TAG, EVALUATION_PREFIX, FORCED_TAG, GATE_TAG,
+                                      LINEAGE_TAGS, MODEL_URI_TAG, PARENT_TAG, REPLACED_EVALUATION_PREFIX,
+                                      REPLACED_RUN_ID_TAG, REPLACED_VERSION_TAG, RESTORED_OVER_TAG, RUN_ID_TAG,
+                                      SEARCH_ID_TAG, SELECTION_TAG, TASK_TAG, export_lock_name, previous_alias)
 from stride.tracking.deferred import export_deferred_model
-from stride.tracking.run import MODEL_URI_TAG
 
 log = logging.getLogger(__name__)
-
-RUN_ID_TAG = "stride.run_id"
-
-
-def previous_alias(alias: str) -> str:
-    return "previous" if alias == "champion" else f"{alias}-previous"
 
 
 @dataclass
@@ -107,9 +104,9 @@ def current_version(client: MlflowClient, model_name: str, alias: str) -> ModelV
 def config_sha256(run_id: str) -> str:
     """Hash of the resolved config the run logged: identifies exactly how it was trained."""
     try:
-        text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}")
     except (MlflowException, OSError) as err:
-        raise StrideError(f"run {run_id} has no config.yaml artifact ({err}); only stride training runs can be "
+        raise StrideError(f"run {run_id} has no {CONFIG_ARTIFACT} artifact ({err}); only stride training runs can be "
                           "promoted") from None
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -136,23 +133,23 @@ def gate(task: Task, candidate: Evaluation, champion: Evaluation | None, min_del
 def lineage_tags(task: Task, candidate: Candidate, evaluation: Evaluation, config_hash: str,
                  champion: Champion | None, gate_text: str, forced: bool) -> dict[str, str]:
     run_tags = candidate.run.data.tags
-    tags = {RUN_ID_TAG: candidate.run_id, "stride.model_uri": candidate.model_uri,
-            "stride.config_sha256": config_hash, "dataset.manifest_sha256": evaluation.dataset_sha256,
-            "dataset.path": evaluation.dataset_path,
-            "stride.selection": f"{candidate.metric_key}={candidate.value:.6g}",
-            "stride.gate": gate_text, "stride.forced": str(forced).lower(),
-            **{f"eval.{k}": f"{v:.6g}" for k, v in evaluation.metrics.items()}}
-    for key in ("stride.task", "stride.architecture", "stride.recipe", "dataset.name", "git.commit"):
+    tags = {RUN_ID_TAG: candidate.run_id, MODEL_URI_TAG: candidate.model_uri,
+            CONFIG_SHA256_TAG: config_hash, DATASET_SHA256_TAG: evaluation.dataset_sha256,
+            DATASET_PATH_TAG: evaluation.dataset_path,
+            SELECTION_TAG: f"{candidate.metric_key}={candidate.value:.6g}",
+            GATE_TAG: gate_text, FORCED_TAG: str(forced).lower(),
+            **{f"{EVALUATION_PREFIX}{k}": f"{v:.6g}" for k, v in evaluation.metrics.items()}}
+    for key in LINEAGE_TAGS:
         if key in run_tags:
             tags[key] = run_tags[key]
     if search_id := run_tags.get(SEARCH_ID_TAG) or run_tags.get(PARENT_TAG):
         tags[SEARCH_ID_TAG] = search_id
     if champion is not None:
-        tags["stride.replaced_version"] = str(champion.version.version)
-        tags["stride.replaced_run_id"] = champion.run_id or ""
+        tags[REPLACED_VERSION_TAG] = str(champion.version.version)
+        tags[REPLACED_RUN_ID_TAG] = champion.run_id or ""
         if champion.evaluation is not None:
             key = f"{champion.evaluation.split}_{task.quality}"
-            tags[f"stride.replaced_eval.{key}"] = f"{champion.evaluation.value(task.quality):.6g}"
+            tags[f"{REPLACED_EVALUATION_PREFIX}{key}"] = f"{champion.evaluation.value(task.quality):.6g}"
     names = json.dumps(evaluation.details.get("class_names", []))
     if len(names) <= 5000:  # registry tag values are bounded; predict falls back to the manifest
         tags[CLASS_NAMES_TAG] = names
@@ -177,9 +174,9 @@ def _candidate(client: MlflowClient, experiment: str | None, search_id: str | No
 
 
 def _dataset_path(candidate: Candidate, data: str | Path | None) -> Path:
-    path = data or candidate.run.data.tags.get("dataset.path")
+    path = data or candidate.run.data.tags.get(DATASET_PATH_TAG)
     if not path:
-        raise StrideError(f"run {candidate.run_id} has no dataset.path tag; pass --data PATH of its dataset")
+        raise StrideError(f"run {candidate.run_id} has no {DATASET_PATH_TAG} tag; pass --data PATH of its dataset")
     if not (Path(path) / MANIFEST_NAME).is_file():
         hint = "" if data else f"run {candidate.run_id} was trained on it elsewhere? pass --data PATH of a copy; "
         raise StrideError(f"no dataset at {path} ({hint}{MANIFEST_NAME} not found)")
@@ -188,7 +185,7 @@ def _dataset_path(candidate: Candidate, data: str | Path | None) -> Path:
 
 def promote_best(tracking_uri: str | None = None, *, model_name: str, experiment: str | None = None,
                  search_id: str | None = None, run_id: str | None = None, metric: str | None = None,
-                 mode: str | None = None, min_delta: float = 0.0, force: bool = False, alias: str = "champion",
+                 mode: str | None = None, min_delta: float = 0.0, force: bool = False, alias: str = CHAMPION_ALIAS,
                  data: str | Path | None = None, lock_timeout_s: float = 120.0) -> PromotionResult:
     """Pick, re-evaluate, gate against the champion and, if it wins (or `force`), register and alias it."""
     if not model_name or model_name.endswith(LOCK_SUFFIX):
@@ -202,7 +199,7 @@ def promote_best(tracking_uri: str | None = None, *, model_name: str, experiment
         return _already(model_name, alias, candidate, Champion(champion_version))
 
     dataset = _dataset_path(candidate, data)
-    check_dataset_identity(dataset, candidate.run.data.tags.get("dataset.manifest_sha256"), candidate.run_id)
+    check_dataset_identity(dataset, candidate.run.data.tags.get(DATASET_SHA256_TAG), candidate.run_id)
     config_hash = config_sha256(candidate.run_id)
     if MODEL_URI_TAG not in candidate.run.data.tags:  # a search trial that logged its weights only
         _export_once(client, candidate, lock_timeout_s)
@@ -235,7 +232,7 @@ def _export_once(client: MlflowClient, candidate: Candidate, lock_timeout_s: flo
     """Export a weights-only run's model into it; under a lock of its own, so that concurrent promotions of
     the run (into any model name) export it once and the later ones find that model."""
     with mlflow_errors(f"exporting the model of run {candidate.run_id} from its weights"):
-        with registry_lock(client, f"stride-export-{candidate.run_id}", timeout_s=lock_timeout_s, purpose="export"):
+        with registry_lock(client, export_lock_name(candidate.run_id), timeout_s=lock_timeout_s, purpose="export"):
             export_deferred_model(client.tracking_uri, candidate.run_id)  # the model already there, if any
         candidate.run = client.get_run(candidate.run_id)
 
@@ -291,7 +288,7 @@ class RollbackResult:
                 f"@{previous_alias(self.alias)}")
 
 
-def rollback(tracking_uri: str | None, model_name: str, alias: str = "champion",
+def rollback(tracking_uri: str | None, model_name: str, alias: str = CHAMPION_ALIAS,
              lock_timeout_s: float = 120.0) -> RollbackResult:
     """Swap @champion and @previous (running it twice undoes it)."""
     client = connect(tracking_uri)
@@ -307,5 +304,5 @@ def rollback(tracking_uri: str | None, model_name: str, alias: str = "champion",
         with mlflow_errors(f"rolling back {model_name!r}"):
             client.set_registered_model_alias(model_name, alias, previous.version)
             client.set_registered_model_alias(model_name, back, champion.version)
-            client.set_model_version_tag(model_name, previous.version, "stride.restored_over", str(champion.version))
+            client.set_model_version_tag(model_name, previous.version, RESTORED_OVER_TAG, str(champion.version))
     return RollbackResult(model_name, alias, str(previous.version), str(champion.version))

@@ -31,11 +31,10 @@ from stride.registry.lock import is_lock
 from stride.registry.verified_models import (LoggedFiles, exported_program, logged_files, verified_mlmodel,
                                              verified_model_folder)
 from stride.tracking.digests import download_verified
+from stride.tracking.contract import BEST_CHECKPOINT_TAG, CLASS_NAMES_TAG, DATASET_PATH_TAG, TASK_TAG
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES_TAG = "stride.class_names"
-TASK_TAG = "stride.task"
 URI_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id> or runs:/RUN_ID/model"
 _REGISTERED = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -131,7 +130,7 @@ def class_names(client: MlflowClient, ref: ModelReference) -> list[str]:
     names: list[str] = []
     if ref.run_id:
         try:
-            path = client.get_run(ref.run_id).data.tags.get("dataset.path")
+            path = client.get_run(ref.run_id).data.tags.get(DATASET_PATH_TAG)
             names = read_manifest(path).class_names if path else []
         except (MlflowException, StrideError) as err:
             log.info("class names of %s unavailable (%s); using indices", ref.uri, err)
@@ -163,7 +162,7 @@ def logged_labels(client: MlflowClient, ref: ModelReference, artifact: str) -> l
 def download_module(client: MlflowClient, ref: ModelReference, folder: Path) -> Path:
     """The weights-only checkpoint (`weights/module.pt`) logged beside the model, downloaded into `folder` and
     checked against the sha256 its run recorded."""
-    from stride.tracking.run import MODULE_ARTIFACT, MODULE_SHA256_TAG
+    from stride.tracking.contract import MODULE_ARTIFACT, MODULE_SHA256_TAG
 
     if ref.run_id is None:
         raise StrideError(f"model {ref.uri}: no training run is recorded for it, so no weights to rebuild it "
@@ -171,4 +170,4 @@ def download_module(client: MlflowClient, ref: ModelReference, folder: Path) -> 
     return download_verified(client.tracking_uri, ref.run_id, MODULE_ARTIFACT, _run_tag(client, ref.run_id,
                              MODULE_SHA256_TAG), folder, f"model {ref.uri}",
                              hint="; runs logged before stride logged it lack it: retrain, or pass the run's "
-                                  "checkpoint (its tag best_checkpoint) with --checkpoint PATH")
+                                  f"checkpoint (its tag {BEST_CHECKPOINT_TAG}) with --checkpoint PATH")

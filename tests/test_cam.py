@@ -218,7 +218,7 @@ def test_explain_errors_name_the_reason(trained, digit_files, digits_shards, tmp
     code, _, err = stride(capsys, "explain", "--checkpoint", ffn, *digit_files, "--out", tmp_path)
     assert code == 2 and "architecture digits_ffn: no class activation maps" in err and "BatchNorm1d" in err
 
-    monkeypatch.setattr("stride.tracking.run.MODULE_ARTIFACT", "weights/absent.pt")  # a run from before explain
+    monkeypatch.setattr("stride.tracking.contract.MODULE_ARTIFACT", "weights/absent.pt")  # a run from before explain
     code, _, err = stride(capsys, "explain", "--model", f"runs:/{trained.run_id}/model", *digit_files,
                           "--tracking-uri", trained.tracking_uri, "--out", tmp_path)
     assert code == 2 and f"its run {trained.run_id} has no weights/absent.pt artifact" in err

@@ -24,8 +24,7 @@ from mlflow import MlflowClient
 from stride.registry import load_model, promote_best, write_sample_images
 from stride.registry.verified_models import EXPORTED_PROGRAM
 from stride.tracking.digests import file_sha256, folder_digests
-from stride.tracking.models import MODEL_FILES_TAG
-from stride.tracking.run import MODULE_ARTIFACT, MODULE_SHA256_TAG
+from stride.tracking.contract import MODEL_FILES_TAG, MODULE_ARTIFACT, MODULE_SHA256_TAG
 from test_registry_support import registry_state, stride
 
 pytestmark = pytest.mark.slow  # end to end: real Lightning and a real MLflow server

@@ -23,9 +23,9 @@ from conftest import free_port
 from stride.config import load_config
 from stride.datamodules.manifest import read_manifest
 from stride.errors import StrideError
+from stride.tracking.contract import SEARCH_ID_TAG
 from stride.tuning import TrialResources, run_search
 from stride.tuning.cluster import HEAD_NODE_RESOURCE, loopback_node
-from stride.tuning.runs import SEARCH_ID_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

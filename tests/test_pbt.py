@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from stride.config.schema import OptimConfig
+from stride.tracking.contract import SEARCH_ID_TAG, TRIAL_ID_TAG
 from stride.tuning import run_search
 from stride.tuning.pbt import ApplyTrialOptim, pbt_scheduler
-from stride.tuning.runs import SEARCH_ID_TAG, TRIAL_ID_TAG
 from stride.tuning.spec import SchedulerSpec
 
 

@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 from stride.datamodules.manifest import manifest_sha256
 from stride.errors import StrideError
 from stride.registry import promote_best
-from stride.registry.lock import EXPIRES_TAG, LOCK_TAG, OWNER_TAG, lock_name, registry_lock
+from stride.registry.lock import lock_name, registry_lock
+from stride.tracking.contract import LOCK_EXPIRES_TAG, LOCK_OWNER_TAG, LOCK_TAG
 from test_registry_support import TrainedRuns, registry_state, runs, stride  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
@@ -143,7 +144,7 @@ def test_a_held_lock_blocks_promotion_and_an_expired_one_is_broken(mlflow_server
     assert lock_name("digits-locked") not in registry_state(mlflow_server)
 
     client.create_registered_model(lock_name("digits-locked"), tags={  # left behind by a process that died
-        LOCK_TAG: "true", OWNER_TAG: "crashed-host:1:dead", EXPIRES_TAG: f"{time.time() - 1:.3f}"})
+        LOCK_TAG: "true", LOCK_OWNER_TAG: "crashed-host:1:dead", LOCK_EXPIRES_TAG: f"{time.time() - 1:.3f}"})
     result = promote_best(mlflow_server, run_id=runs.better, model_name="digits-locked", lock_timeout_s=30)
     assert result.promoted and result.version == "1"
     assert lock_name("digits-locked") not in registry_state(mlflow_server)

@@ -40,13 +40,16 @@ def trained_runs(tracking_uri: str, shards: Path, workdir: Path) -> TrainedRuns:
     """Two real training runs, a clearly worse and a better one, trained once per test session as the trials of
     a search (nested under its parent run and tagged with its id, as `stride tune` records them)."""
     from stride.config import load_config
+    from stride.tracking.publish import publish_training
+    from stride.tracking.recorder import RunRecorder
     from stride.tracking.run import MlflowRun
     from stride.tracking.store import ensure_experiment
     from stride.training import train
 
     def train_trial(config) -> str:
         with MlflowRun(tracking_uri, config, parent_run_id=search, tags=trial_tags) as run:
-            train(config, callbacks=run.callbacks, loggers=[run.logger])
+            recorder = RunRecorder(run)
+            publish_training(run, train(config, callbacks=recorder.callbacks, loggers=recorder.loggers))
         return run.run_id
 
     client = MlflowClient(tracking_uri)

@@ -43,9 +43,16 @@ def test_run_records_params_metrics_tags_and_artifacts(trained, mlflow_server, d
     assert dataset.dataset.name == "digits" and manifest_sha256(digits_shards).startswith(dataset.dataset.digest)
     assert run.data.tags["dataset.manifest_sha256"] == manifest_sha256(digits_shards)
     assert run.data.tags["stride.version"] and run.data.tags["stride.model_uri"] == trained.model_uri
+    assert {"stride.recipe", "stride.task", "stride.architecture", "stride.host", "stride.pid",
+            "stride.process_started", "dataset.path", "dataset.name"} <= set(run.data.tags)
+    assert run.data.tags["best_checkpoint"] == trained.outcome.best_checkpoint
+    assert run.data.metrics["best_val_acc"] == pytest.approx(trained.outcome.best_score)
+    assert len(client.get_metric_history(trained.run_id, "epoch_time_s")) == 3
+    assert {"wall_time_s", "time_setup_s", "time_fit_s", "time_test_s", "time_logging_s"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(trained.run_id)} | {
-        a.path for a in client.list_artifacts(trained.run_id, "plots")}
-    assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix_test.png"} <= artifacts
+        a.path for folder in ("plots", "weights") for a in client.list_artifacts(trained.run_id, folder)}
+    assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix_test.png",
+            "weights/module.pt"} <= artifacts
     assert trained.test_metrics["test_acc"] > 0.5
 
 

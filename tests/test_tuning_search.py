@@ -17,8 +17,8 @@ import ray
 import yaml
 
 from stride.errors import StrideError
+from stride.tracking.contract import SEARCH_ID_TAG, TRIAL_ID_TAG
 from stride.tuning import TrialResources, resume_search, run_search
-from stride.tuning.runs import SEARCH_ID_TAG, TRIAL_ID_TAG
 
 pytestmark = pytest.mark.slow
 

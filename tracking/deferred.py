@@ -14,12 +14,11 @@ from mlflow.tracking import MlflowClient
 
 from stride.errors import StrideError
 from stride.tasks import DataFacts, get_task
+from stride.tracking.contract import (DEFERRED_MODEL_TAG, EXPORTED_LATER_TAG, MODEL_URI_TAG, MODULE_ARTIFACT,
+                                      MODULE_SHA256_TAG)
 from stride.tracking.digests import download_verified
 from stride.tracking.models import log_exported
-from stride.tracking.run import DEFERRED_MODEL_TAG, MODEL_URI_TAG, MODULE_ARTIFACT, MODULE_SHA256_TAG
 from stride.training.checkpoints import load_module
-
-EXPORTED_LATER_TAG = "stride.model_exported_from"
 
 
 def has_model(tags: dict[str, str]) -> bool:

@@ -20,10 +20,8 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from stride.tasks import ExportedModel
+from stride.tracking.contract import MODEL_FILES_TAG, MODEL_NAME
 from stride.tracking.digests import encode_digests, folder_digests
-
-MODEL_FILES_TAG = "stride.model_files_sha256"  # on the logged model: JSON {file path: sha256} of all it logged
-MODEL_NAME = "model"  # a run's logged model: runs:/RUN_ID/model
 
 
 def log_exported(model: ExportedModel, tracking_uri: str, run_id: str, name: str = MODEL_NAME) -> str:

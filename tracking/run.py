@@ -1,53 +1,32 @@
-"""MLflow recording of one training, injected into the training core as a callback and a logger.
+"""The MLflow run of one training: opened with stride's tags, closed with the status the training earned.
 
     with MlflowRun(uri, config, parent_run_id=search_id) as run:
-        outcome = train(config, callbacks=run.callbacks, loggers=[run.logger])
+        recorder = RunRecorder(run)                        # stride.tracking.recorder: while it trains
+        outcome = train(config, callbacks=recorder.callbacks, loggers=recorder.loggers)
+        model_uri = publish_training(run, outcome)         # stride.tracking.publish: after it returned
 
-The run is created (or continued, for a restarted trial) explicitly here, with stride's
-tags and its parent for nesting. Metrics go through Lightning's own `MLFlowLogger` bound
-to that run; this callback adds what Lightning does not know: params, the resolved config,
-the dataset as an MLflow dataset input, and after testing the task's plots and the
-pickle-free model (with its module's weights, `weights/module.pt`). Leaving the `with` block
-ends the run FINISHED, KILLED (interrupted) or FAILED. Only global rank 0 makes one: other DDP
-ranks pass no recorder.
+The run is created (or continued, for a restarted trial) explicitly here, with stride's tags, its
+parent for nesting and the tags of the process that owns it. Leaving the `with` block ends it
+FINISHED (with where its time went), KILLED (interrupted) or FAILED. Only global rank 0 makes one:
+other DDP ranks pass no recorder.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 
-import pytorch_lightning as pl
-import torch
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.entities import Metric, RunData
 from mlflow.tracking import MlflowClient
-from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.loggers import MLFlowLogger
 
 from stride import __version__
-from stride.config.loading import config_to_dict, config_to_yaml, flatten
 from stride.config.schema import StrideConfig
-from stride.tasks import DataFacts, get_task
-from stride.tracking.digests import file_sha256
-from stride.tracking.models import log_exported
-from stride.tracking.store import ensure_experiment, fluent_tracking_uri
-from stride.training.history import EpochHistory
-
-PARENT_TAG = "mlflow.parentRunId"
-MODEL_URI_TAG = "stride.model_uri"
-# the trained module as a weights-only stride checkpoint, beside the exported program that hides its feature
-# maps: `stride explain` rebuilds the network from it (stride.training.checkpoints.load_module reads it)
-MODULE_ARTIFACT = "weights/module.pt"
-MODULE_SHA256_TAG = "stride.module_sha256"  # of MODULE_ARTIFACT as logged: readers refuse a changed copy
-DEFERRED_MODEL_TAG = "stride.model_deferred"  # the run logged weights only (tracking.log_model=deferred)
-MAX_PARAM_CHARS = 6000
-# the process that owns a RUNNING run, so a later stride command can tell a live run from a ghost
-HOST_TAG, PID_TAG, PROCESS_STARTED_TAG = "stride.host", "stride.pid", "stride.process_started"
-PERTURBED_PREFIX = "stride.perturbed."  # a continued run trained on with other values (PBT): their history
+from stride.tracking.contract import (ARCHITECTURE_TAG, ENDED_BY_TAG, GIT_COMMIT_TAG, HOST_TAG, PARENT_TAG, PHASES,
+                                      PID_TAG, PROCESS_STARTED_TAG, RECIPE_TAG, TASK_TAG, VERSION_TAG,
+                                      WALL_TIME_METRIC, phase_time_metric)
+from stride.tracking.store import ensure_experiment
 
 
 def process_tags() -> dict[str, str]:
@@ -75,26 +54,11 @@ def fail_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
                                   f"tags.`{HOST_TAG}` = '{host}'", max_results=1000):
         tags = run.data.tags
         if PID_TAG in tags and not _alive(int(tags[PID_TAG]), tags.get(PROCESS_STARTED_TAG, "")):
-            client.set_tag(run.info.run_id, "stride.ended_by",
+            client.set_tag(run.info.run_id, ENDED_BY_TAG,
                            f"a later stride command: process {tags[PID_TAG]} on {host} ended without closing the run")
             client.set_terminated(run.info.run_id, "FAILED")
             ended.append(run.info.run_id)
     return ended
-
-
-class RunMetricsLogger(MLFlowLogger):
-    """Lightning's MLflow logger for metrics, minus its ending of the run when fitting stops:
-    the run outlives the fit (testing, plots and the model come after)."""
-
-    @property
-    def experiment(self) -> MlflowClient:
-        if self._initialized:
-            return self._mlflow_client
-        with fluent_tracking_uri(self._tracking_uri):  # Lightning would set it for good on first use
-            return super().experiment
-
-    def finalize(self, status: str = "success") -> None:
-        pass
 
 
 def git_commit() -> str | None:
@@ -108,131 +72,50 @@ def git_commit() -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
-def dataset_input(path: str, name: str, sha256: str) -> DatasetInput:
-    """The dataset as MLflow shows it in the runs table: name, manifest sha256 as digest, source path."""
-    digest = sha256[:32]  # MLflow stores at most 36 characters
-    dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": path}))
-    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
+class MlflowRun:
+    """An open MLflow run of `config`: `run_id`, its `client`, and what it held when opened (`opened`)."""
 
-
-class MlflowRun(EpochHistory):
     def __init__(self, uri: str, config: StrideConfig, *, run_name: str | None = None,
                  parent_run_id: str | None = None, tags: dict[str, str] | None = None, run_id: str | None = None):
-        super().__init__()
         self.uri, self.config = uri, config
         self.client = MlflowClient(uri)
         self.experiment_id = ensure_experiment(uri, config.tracking.experiment)
         if run_id is None:
-            all_tags = {"stride.version": __version__, "stride.recipe": config.name, "stride.task": config.task,
-                        "stride.architecture": config.model.architecture, **config.tracking.tags, **(tags or {})}
-            if commit := git_commit():
-                all_tags["git.commit"] = commit
-            if parent_run_id:
-                all_tags[PARENT_TAG] = parent_run_id
             run = self.client.create_run(self.experiment_id, run_name=run_name or config.tracking.run_name
-                                         or config.name, tags={**all_tags, **process_tags()})
+                                         or config.name, tags={**self._tags(parent_run_id, tags), **process_tags()})
         else:  # a restarted trial continues its run, from another process
             run = self.client.get_run(run_id)
             for key, value in process_tags().items():
                 self.client.set_tag(run_id, key, value)
             self.client.update_run(run_id, status="RUNNING")
         self.run_id: str = run.info.run_id
-        self._params_logged = dict(run.data.params)  # a continued run keeps its first values ...
-        self._perturbed = {k: v for k, v in run.data.tags.items() if k.startswith(PERTURBED_PREFIX)}
-        self.model_uri: str | None = None
+        self.opened: RunData = run.data  # a continued run's params keep their first values
         self._ended = False
         self._started_s = time.perf_counter()
-        self._clock: dict[str, float] = {}  # phase -> when it began (perf_counter), for the time_*_s metrics
+        self._marks: dict[str, float] = {}  # phase -> when it began (perf_counter), for the time_*_s metrics
 
-    # -- what the core is given ----------------------------------------------------------------
-    @property
-    def logger(self) -> MLFlowLogger:
-        return RunMetricsLogger(tracking_uri=self.uri, run_id=self.run_id)
+    def _tags(self, parent_run_id: str | None, tags: dict[str, str] | None) -> dict[str, str]:
+        config = self.config
+        all_tags = {VERSION_TAG: __version__, RECIPE_TAG: config.name, TASK_TAG: config.task,
+                    ARCHITECTURE_TAG: config.model.architecture, **config.tracking.tags, **(tags or {})}
+        if commit := git_commit():
+            all_tags[GIT_COMMIT_TAG] = commit
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        return all_tags
 
-    @property
-    def callbacks(self) -> list[pl.Callback]:
-        return [self, LearningRateMonitor(logging_interval="epoch")]
-
-    # -- Lightning hooks -------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        datamodule = trainer.datamodule
-        params = flatten(config_to_dict(self.config))
-        params["model.num_params"] = sum(p.numel() for p in pl_module.parameters())
-        shown = {k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()}
-        fresh = [Param(k, v) for k, v in shown.items() if k not in self._params_logged]
-        for start in range(0, len(fresh), 100):  # MLflow takes at most 100 params per call
-            self.client.log_batch(self.run_id, params=fresh[start:start + 100])
-        # ... so values changed since (PBT's explore step) are recorded as tags: first -> ... -> current
-        for key, value in shown.items():
-            tag = PERTURBED_PREFIX + key
-            history = self._perturbed.get(tag, self._params_logged.get(key, value))
-            if history.rsplit(" -> ", 1)[-1] != value:
-                self._perturbed[tag] = f"{history} -> {value}"
-                self.client.set_tag(self.run_id, tag, self._perturbed[tag][-5000:])
-        self._params_logged = {**shown, **self._params_logged}
-        path, sha = str(Path(datamodule.root).absolute()), datamodule.dataset_sha256
-        for key, value in {"dataset.path": path, "dataset.name": datamodule.manifest.dataset,
-                           "dataset.manifest_sha256": sha}.items():
-            self.client.set_tag(self.run_id, key, value)
-        self.client.log_text(self.run_id, config_to_yaml(self.config), "config.yaml")
-        self.client.log_inputs(self.run_id, datasets=[dataset_input(path, datamodule.manifest.dataset, sha)])
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        # what `stride bench --search` subtracts from a trial's time
-        self.client.log_metric(self.run_id, "epoch_time_s", round(self.epoch_times_s[-1], 4), step=trainer.global_step)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._clock.setdefault("fit", time.perf_counter())
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._clock["test"] = time.perf_counter()
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """After the best checkpoint was tested (the module holds its weights): plots and the model."""
-        self._clock["logging"] = time.perf_counter()
-        checkpoint = trainer.checkpoint_callback
-        monitor = self.config.trainer.monitor
-        if checkpoint is not None and checkpoint.best_model_score is not None:
-            self.client.log_metric(self.run_id, f"best_{monitor}", float(checkpoint.best_model_score))
-            self.client.set_tag(self.run_id, "best_checkpoint", checkpoint.best_model_path)
-        task = get_task(self.config.task)
-        facts = DataFacts.of(trainer.datamodule)
-        with tempfile.TemporaryDirectory() as tmp:
-            for png in task.figures(pl_module, facts, self.history, Path(tmp), self.config.name):
-                self.client.log_artifact(self.run_id, str(png), "plots")
-        log_model = self.config.tracking.log_model
-        if not log_model:
-            return
-        self._log_module(pl_module)
-        if task.labels_artifact:  # what the outputs mean, beside the model (a captioner's vocabulary)
-            self.client.log_dict(self.run_id, {"words": list(facts.class_names)}, task.labels_artifact)
-        if log_model == "deferred":  # exported from those weights if the run is ever promoted
-            self.client.set_tag(self.run_id, DEFERRED_MODEL_TAG, MODULE_ARTIFACT)
-        else:
-            self.model_uri = log_exported(task.export(pl_module, facts), self.uri, self.run_id)
-            self.client.set_tag(self.run_id, MODEL_URI_TAG, self.model_uri)
-
-    def _log_module(self, pl_module: pl.LightningModule) -> None:
-        if "stride" not in pl_module.hparams:
-            return
-        folder, name = MODULE_ARTIFACT.rsplit("/", 1)
-        state = {key: value.detach().cpu() for key, value in pl_module.state_dict().items()}
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            torch.save({"state_dict": state, "hyper_parameters": {"stride": pl_module.hparams["stride"]}}, path)
-            self.client.log_artifact(self.run_id, str(path), folder)
-            self.client.set_tag(self.run_id, MODULE_SHA256_TAG, file_sha256(path))
+    # -- where the run's time goes -------------------------------------------------------------
+    def mark(self, phase: str) -> None:
+        """`phase` (one of contract.PHASES after the first) begins now."""
+        self._marks.setdefault(phase, time.perf_counter())
 
     def phase_times(self, now: float) -> dict[str, float]:
         """Where the run's wall time went: `time_setup_s` (run created to fit start: trainer, data),
         `time_fit_s` (training and validation), `time_test_s`, `time_logging_s` (plots, the model)."""
-        marks = [("setup", self._started_s), *((p, self._clock[p]) for p in ("fit", "test", "logging")
-                                               if p in self._clock), ("end", now)]
-        times = {f"time_{phase}_s": later - began for (phase, began), (_, later) in zip(marks, marks[1:])}
-        return {"wall_time_s": now - self._started_s, **times}
+        marks = [(PHASES[0], self._started_s), *((p, self._marks[p]) for p in PHASES[1:] if p in self._marks),
+                 ("end", now)]
+        times = {phase_time_metric(phase): later - began for (phase, began), (_, later) in zip(marks, marks[1:])}
+        return {WALL_TIME_METRIC: now - self._started_s, **times}
 
     # -- the run's end ---------------------------------------------------------------------------
     def end(self, status: str = "FINISHED") -> None:

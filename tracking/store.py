@@ -121,22 +121,31 @@ def ensure_experiment(uri: str, experiment: str) -> str:
         return found.experiment_id
 
 
-@contextlib.contextmanager
-def fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking URI set to `uri` for a block, then put back as it was, and
-    $MLFLOW_TRACKING_URI too: `mlflow.set_tracking_uri` also exports it, which would otherwise outlive
-    the block (every later run of the process and its children would resolve to this store, even
-    after it was deleted), and a caller's own fluent URI (`stride.registry.client.connect`) survives."""
+def set_fluent_tracking_uri(uri: str | None) -> str | None:
+    """Point MLflow's process-wide (fluent) tracking URI at `uri` (None: unset it) and return what it was set to
+    before (None: nothing but $MLFLOW_TRACKING_URI), with $MLFLOW_TRACKING_URI left as it was.
+
+    The one place stride moves that URI. `mlflow.set_tracking_uri` also exports it as $MLFLOW_TRACKING_URI,
+    which would redirect every later store resolution of the process and of its children, even after the
+    store was deleted."""
     exported = os.environ.get("MLFLOW_TRACKING_URI")
     before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    if before == exported:  # only the variable set it: restoring the variable restores it
+    if before == exported:  # only the variable set it: keeping the variable keeps it
         before = None
     mlflow.set_tracking_uri(uri)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
+    return before
+
+
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent tracking URI set to `uri` for a block (`mlflow.pytorch.log_model`'s own client writes
+    there), then put back as it was: a caller's own (`stride.registry.client.connect`) survives."""
+    before = set_fluent_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)  # None unsets it again
-        if exported is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = exported
+        set_fluent_tracking_uri(before)

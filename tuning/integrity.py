@@ -24,10 +24,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stride.errors import StrideError
+from stride.tracking.contract import STATE_DIGESTS_ARTIFACT as DIGESTS_ARTIFACT
+from stride.tracking.contract import STATE_DIGESTS_TAG as DIGESTS_TAG
 from stride.training.checkpoints import read_checkpoint
 
-DIGESTS_ARTIFACT = "search_state_sha256.json"
-DIGESTS_TAG = "stride.state_sha256"
 CHECKPOINT_SUFFIXES = (".ckpt",)  # read with weights_only=True, never unpickled
 
 

@@ -1,9 +1,9 @@
 """One training inside Ray, the body shared by single-process Tune trials and Ray Train workers.
 
 It is the training core plus Ray's own Lightning callbacks (Tune's report callback in a
-trial, `RayTrainReportCallback` in a worker) and, on rank 0, the MLflow recorder. A
-restarted trial or worker group (crash, resume, PBT) continues from Ray's latest
-checkpoint and in the same MLflow run, found again by its `stride.run_key` tag.
+trial, `RayTrainReportCallback` in a worker) and, on rank 0, the MLflow recorder; rank 0 then
+publishes the tested model into the run. A restarted trial or worker group (crash, resume, PBT)
+continues from Ray's latest checkpoint and in the same MLflow run, found again by its run key tag.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from typing import Sequence
 import pytorch_lightning as pl
 
 from stride.config.schema import StrideConfig
+from stride.tracking.contract import RESUMED_FROM_TAG, RUN_KEY_TAG
+from stride.tracking.publish import publish_training
+from stride.tracking.recorder import RunRecorder
 from stride.tracking.run import MlflowRun
 from stride.training import Launch, train
 from stride.tuning.integrity import refuse_unloadable
-from stride.tuning.runs import RUN_KEY_TAG, find_run
+from stride.tuning.runs import find_run
 
 TUNE_CHECKPOINT_FILE = "checkpoint.ckpt"
-RESUMED_FROM_TAG = "stride.resumed_from"  # the checkpoint a continued run last resumed from
 
 
 @dataclass
@@ -69,14 +71,18 @@ def train_in_ray(job: TrainingJob, *, distributed: bool) -> None:
             launch.resume_checkpoint = os.path.join(stack.enter_context(checkpoint.as_directory()), filename)
             refuse_unloadable(launch.resume_checkpoint)  # before its run is reopened
         callbacks, loggers = [report, *job.extra_callbacks], []
+        run = None
         if rank == 0:
             run = stack.enter_context(MlflowRun(
                 job.tracking_uri, job.config, run_name=job.run_name, parent_run_id=job.parent_run_id,
                 tags={**job.tags, RUN_KEY_TAG: job.run_key}, run_id=find_run(job.tracking_uri, job.config, job.run_key)))
-            callbacks, loggers = [*run.callbacks, *callbacks], [run.logger]
+            recorder = RunRecorder(run)
+            callbacks, loggers = [*recorder.callbacks, *callbacks], recorder.loggers
             launch.checkpoint_dir = str(Path(job.config.trainer.checkpoint_dir) / run.run_id)
             if checkpoint is not None:  # its own (a restart) or, after a PBT exploit, another trial's
                 run.client.set_tag(run.run_id, RESUMED_FROM_TAG, checkpoint.path)
-        train(job.config, callbacks=callbacks, loggers=loggers, launch=launch)
+        outcome = train(job.config, callbacks=callbacks, loggers=loggers, launch=launch)
+        if run is not None:
+            publish_training(run, outcome)
 
 

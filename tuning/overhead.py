@@ -19,10 +19,11 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from stride.text_table import align_columns
+from stride.tracking.contract import EPOCH_TIME_METRIC, phase_time_metric
 from stride.tuning.runs import child_runs
 from stride.tuning.search import run_search
 
-PHASES = ("time_setup_s", "time_test_s", "time_logging_s")
+PHASES = tuple(phase_time_metric(phase) for phase in ("setup", "test", "logging"))
 
 
 class TrialClock(tune.Callback):
@@ -74,7 +75,7 @@ def measure_search_overhead(spec: str, *, overrides: Sequence[str] = (), trackin
     for trial_id, run in child_runs(result.tracking_uri, result.parent_run_id).items():
         if trial_id not in clock.started or trial_id not in clock.ended:
             continue
-        epochs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")]
+        epochs = [m.value for m in client.get_metric_history(run.info.run_id, EPOCH_TIME_METRIC)]
         trial_s = clock.ended[trial_id] - clock.started[trial_id]
         rows.append({"trial_id": trial_id, "status": run.info.status.lower(), "epochs": len(epochs),
                      "trial_s": round(trial_s, 2), "epochs_s": round(sum(epochs), 2),

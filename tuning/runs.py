@@ -16,12 +16,10 @@ from ray import tune
 
 from stride import __version__
 from stride.config.schema import StrideConfig
+from stride.tracking.contract import (KIND_TAG, MAX_PARAM_CHARS, RUN_KEY_TAG, SEARCH_ID_TAG, SEARCH_KIND,
+                                      SEARCH_NAME_TAG, SEARCH_PARAM_PREFIX, SEARCH_SPEC_ARTIFACT, SEARCH_SPEC_TAG,
+                                      SPACE_PARAM_PREFIX, TRIAL_ID_TAG, VERSION_TAG)
 from stride.tracking.store import ensure_experiment
-
-RUN_KEY_TAG = "stride.run_key"
-SEARCH_ID_TAG = "stride.search_id"
-SEARCH_NAME_TAG = "stride.search_name"
-TRIAL_ID_TAG = "stride.trial_id"
 
 
 def trial_run_key(search_id: str, trial_id: str) -> str:
@@ -39,15 +37,16 @@ def start_parent(uri: str, experiment: str, name: str, spec: dict, space: dict[s
     """The search's parent run: spec as artifact, space and settings as params."""
     client = MlflowClient(uri)
     run = client.create_run(ensure_experiment(uri, experiment), run_name=name,
-                            tags={"stride.version": __version__, "stride.kind": "search",
-                                  "stride.search_spec": spec["name"], SEARCH_NAME_TAG: name})
+                            tags={VERSION_TAG: __version__, KIND_TAG: SEARCH_KIND, SEARCH_SPEC_TAG: spec["name"],
+                                  SEARCH_NAME_TAG: name})
     run_id = run.info.run_id
     client.set_tag(run_id, SEARCH_ID_TAG, run_id)
     settings = {k: v for k, v in spec.items() if k not in ("space", "overrides", "scheduler")}
-    params = {**{f"space.{k}": v for k, v in space.items()}, **{f"search.{k}": v for k, v in settings.items()},
-              **{f"search.scheduler.{k}": v for k, v in spec["scheduler"].items()}}
-    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
-    client.log_text(run_id, yaml.safe_dump(spec, sort_keys=False), "search_spec.yaml")
+    params = {**{SPACE_PARAM_PREFIX + k: v for k, v in space.items()},
+              **{SEARCH_PARAM_PREFIX + k: v for k, v in settings.items()},
+              **{f"{SEARCH_PARAM_PREFIX}scheduler.{k}": v for k, v in spec["scheduler"].items()}}
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()])
+    client.log_text(run_id, yaml.safe_dump(spec, sort_keys=False), SEARCH_SPEC_ARTIFACT)
     return run_id
 
 
@@ -63,7 +62,7 @@ def parents_named(uri: str, name: str) -> list[str]:
     if not experiments:
         return []
     quote = "'" if "'" not in name else '"'  # MLflow's filter strings have no escapes
-    named = f"tags.`stride.kind` = 'search' and tags.`{SEARCH_NAME_TAG}` = {quote}{name}{quote}"
+    named = f"tags.`{KIND_TAG}` = '{SEARCH_KIND}' and tags.`{SEARCH_NAME_TAG}` = {quote}{name}{quote}"
     return [run.info.run_id for run in client.search_runs(experiments, named, max_results=100)]
 
 

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from stride.errors import StrideError
 from stride.names import plain_name, safe_filename
+from stride.tracking.contract import BEST_RUN_ID_TAG, BEST_TRIAL_ID_TAG, LEADERBOARD_ARTIFACT, PLOTS_FOLDER, best_metric
 from stride.tracking.run import fail_dead_runs
 from stride.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 from stride.tasks import get_task
@@ -344,16 +345,16 @@ def _finish(results, search: ResolvedSearch, uri: str, parent: str, name: str, s
     header = leaderboard.columns(rows, search.dimensions, spec.metric)
     best = next((r for r in rows if math.isfinite(r[spec.metric])), None)
     with tempfile.TemporaryDirectory() as tmp:
-        client.log_artifact(parent, str(leaderboard.write_csv(rows, header, Path(tmp) / "leaderboard.csv")))
+        client.log_artifact(parent, str(leaderboard.write_csv(rows, header, Path(tmp) / LEADERBOARD_ARTIFACT)))
         if any(math.isfinite(r[spec.metric]) for r in rows):
             png = leaderboard.plot_metric_vs_params(rows, search.dimensions, spec.metric,
                                                     Path(tmp) / f"{safe_filename(spec.metric)}_vs_params.png")
-            client.log_artifact(parent, str(png), "plots")
+            client.log_artifact(parent, str(png), PLOTS_FOLDER)
     if best is not None:
-        client.log_metric(parent, f"best_{spec.metric}", best[spec.metric])
-        client.set_tag(parent, "stride.best_trial_id", best["trial_id"])
+        client.log_metric(parent, best_metric(spec.metric), best[spec.metric])
+        client.set_tag(parent, BEST_TRIAL_ID_TAG, best["trial_id"])
         if best["run_id"]:
-            client.set_tag(parent, "stride.best_run_id", best["run_id"])
+            client.set_tag(parent, BEST_RUN_ID_TAG, best["run_id"])
     runs.close_children(uri, parent, "KILLED")
     refused = _refused_trials(results)
     client.set_terminated(parent, "FAILED" if refused else "KILLED" if interrupted else "FINISHED")

@@ -14,11 +14,12 @@ from typing import Any, Sequence
 import pytorch_lightning as pl
 
 from stride.config.schema import StrideConfig
+from stride.tracking.contract import SEARCH_ID_TAG, TRIAL_ID_TAG
 from stride.tuning.cluster import TrialResources
 from stride.tuning.distributed import fit_with_ray_train, storage_join
 from stride.tuning.job import TrainingJob, train_in_ray
 from stride.tuning.pbt import ApplyTrialOptim
-from stride.tuning.runs import SEARCH_ID_TAG, TRIAL_ID_TAG, find_run, trial_run_key
+from stride.tuning.runs import find_run, trial_run_key
 from stride.tuning.spec import ResolvedSearch
 
 

@@ -60,12 +60,15 @@ class Launch:
 
 @dataclass
 class TrainOutcome:
+    """What a launcher gets back, and publishes where it records runs (figures, the model)."""
+
     test_metrics: dict[str, float]
     best_checkpoint: str | None
     best_score: float | None  # the monitored metric at the best checkpoint
     history: list[dict[str, float]]  # one row per epoch
     facts: DataFacts
     wall_time_s: float
+    module: pl.LightningModule  # as tested: the best checkpoint's weights (the last epoch's when not tested)
 
 
 def open_datamodule(config: StrideConfig, *, verify_checksums: bool = True, **overrides: Any) -> ShardedDataModule:
@@ -112,10 +115,8 @@ def train(config: StrideConfig, *, callbacks: Sequence[pl.Callback] = (), logger
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
     module = apply_speed_options(task.module(config, facts), config.trainer)
 
-    history = next((c for c in callbacks if isinstance(c, EpochHistory)), None)
-    own: list[pl.Callback] = [NonFiniteLossGuard(config.trainer.log_every_n_steps)]
-    if history is None:
-        own.append(history := EpochHistory())
+    history = EpochHistory()
+    own: list[pl.Callback] = [NonFiniteLossGuard(config.trainer.log_every_n_steps), history]
     checkpoint = None
     if launch.test:
         folder = launch.checkpoint_dir or (Path(config.trainer.checkpoint_dir) /
@@ -129,7 +130,7 @@ def train(config: StrideConfig, *, callbacks: Sequence[pl.Callback] = (), logger
     trainer = make_trainer(config, [*own, *callbacks], loggers, launch)
     trainer.fit(module, datamodule=datamodule, ckpt_path=launch.resume_checkpoint, weights_only=True)
     if checkpoint is None:
-        return TrainOutcome({}, None, None, history.history, facts, time.perf_counter() - started)
+        return TrainOutcome({}, None, None, history.history, facts, time.perf_counter() - started, module)
 
     best = checkpoint.best_model_path or checkpoint.last_model_path
     if not best or not os.path.exists(best):
@@ -138,4 +139,5 @@ def train(config: StrideConfig, *, callbacks: Sequence[pl.Callback] = (), logger
     tested = trainer.test(module, datamodule=datamodule, verbose=False)
     test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-    return TrainOutcome(test_metrics, best, best_score, history.history, facts, time.perf_counter() - started)
+    return TrainOutcome(test_metrics, best, best_score, history.history, facts, time.perf_counter() - started,
+                        module)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytorch_lightning as pl
 
@@ -22,16 +21,10 @@ def epoch_metrics(trainer: pl.Trainer, prefixes: tuple[str, ...] = ("train_", "v
 
 
 class EpochHistory(pl.Callback):
-    """One row per finished training epoch: its train/val metrics and the learning rate; and the wall
-    time of each epoch, training and validation (`epoch_times_s`)."""
+    """One row per finished training epoch: its train/val metrics and the learning rate."""
 
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
-        self.epoch_times_s: list[float] = []
-        self._epoch_started_s = 0.0
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_started_s = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -39,5 +32,3 @@ class EpochHistory(pl.Callback):
         row = {"epoch": trainer.current_epoch, **epoch_metrics(trainer)}
         row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         self.history.append(row)
-        # Lightning validates before this hook, so the span holds the epoch's validation too
-        self.epoch_times_s.append(time.perf_counter() - self._epoch_started_s)
