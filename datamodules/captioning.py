@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from stride.datamodules.image_classification import ShardedDataModule
+from stride.datamodules.sharded import ShardedDataModule
 from stride.datamodules.vocabulary import Vocabulary
 from stride.errors import StrideError
 from stride.names import plain_name

@@ -24,7 +24,7 @@ from torch.utils.data import get_worker_info
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from stride.datamodules.image_classification import ShardedDataModule
+from stride.datamodules.sharded import ShardedDataModule
 from stride.datamodules.streaming import KEY_FIELD, ShardStream
 from stride.errors import StrideError
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stride.datamodules.image_classification import ShardedDataModule, images_and_labels
+from stride.datamodules.sharded import ShardedDataModule, images_and_labels
 
 
 class SequenceClassificationData(ShardedDataModule):

@@ -36,18 +36,19 @@ def run(args: argparse.Namespace) -> int:
     from stride.registry.evaluation import evaluate_network
     from stride.registry.references import describe_model, load_network
     from stride.errors import StrideError
-    from stride.tasks import Task, get_task
+    from stride.serving import Serving, get_serving
+    from stride.tasks import get_task
 
     client = connect(args.tracking_uri)
     ref = describe_model(client, args.model)
-    task = get_task(ref.task)
-    if args.predictions_dir and type(task).write_predictions is Task.write_predictions:
-        raise StrideError(f"--predictions-dir: task {task.name!r} of {args.model} writes no prediction files")
-    data = task.evaluation_data(args.data, ref.input_shape)
-    result = evaluate_network(task, load_network(ref), data, args.split, model_uri=args.model,
+    serving = get_serving(ref.task)
+    if args.predictions_dir and type(serving).write_predictions is Serving.write_predictions:
+        raise StrideError(f"--predictions-dir: task {ref.task!r} of {args.model} writes no prediction files")
+    data = get_task(ref.task).evaluation_data(args.data, ref.input_shape)
+    result = evaluate_network(serving, load_network(ref), data, args.split, model_uri=args.model,
                               input_shape=ref.input_shape)
-    written = task.write_predictions(result, Path(args.predictions_dir)) if args.predictions_dir else []
-    run_id, link = log_evaluation(task, ref, result, args.experiment, args.tracking_uri)
+    written = serving.write_predictions(result, Path(args.predictions_dir)) if args.predictions_dir else []
+    run_id, link = log_evaluation(serving, ref, result, args.experiment, args.tracking_uri)
     print(f"model    : {args.model}" + (f" (version {ref.version})" if ref.version else ""))
     print(f"data     : {result.dataset_path} [{args.split}]")
     for key, value in result.metrics.items():
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def log_evaluation(task, ref, result, experiment: str, tracking_uri: str | None) -> tuple[str, str]:
+def log_evaluation(serving, ref, result, experiment: str, tracking_uri: str | None) -> tuple[str, str]:
     from mlflow.tracking import MlflowClient
 
     from stride.tracking.store import ensure_experiment, resolve_tracking_uri, ui_hint
@@ -79,7 +80,7 @@ def log_evaluation(task, ref, result, experiment: str, tracking_uri: str | None)
     for key, value in result.metrics.items():
         client.log_metric(run_id, key, value)
     with tempfile.TemporaryDirectory() as tmp:
-        for png in task.evaluation_figures(result, Path(tmp), ref.uri):
+        for png in serving.evaluation_figures(result, Path(tmp), ref.uri):
             client.log_artifact(run_id, str(png), PLOTS_FOLDER)
     client.set_terminated(run_id)
     return run_id, ui_hint(uri, experiment_id, run_id)

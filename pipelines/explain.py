@@ -105,7 +105,8 @@ def explain_files(checkpoint: Path, files: list[str], out: Path, *, top_k: int, 
     from stride.cam_plots import CamPanel, plot_cam_panels
     from stride.names import inside, safe_filename
     from stride.registry.prediction import check_file
-    from stride.tasks import DataFacts, TensorSpec, get_task
+    from stride.serving import TensorSpec, get_serving
+    from stride.tasks import DataFacts, get_task
     from stride.tasks.cam import check_threshold, explain
     from stride.training.checkpoints import load_module
 
@@ -120,8 +121,9 @@ def explain_files(checkpoint: Path, files: list[str], out: Path, *, top_k: int, 
         raise StrideError(f"{checkpoint}: architecture {config.model.architecture}: {err}") from None
     facts = DataFacts.from_dict(module.hparams["stride"]["data"])
     names = list(facts.class_names) or [str(i) for i in range(facts.num_classes)]
-    inputs = torch.stack([torch.from_numpy(task.read_input(check_file(f), TensorSpec(facts.input_shape),
-                                                           max_pixels=max_pixels)) for f in files])
+    serving = get_serving(config.task)
+    inputs = torch.stack([torch.from_numpy(serving.read_input(check_file(f), TensorSpec(facts.input_shape),
+                                                              max_pixels=max_pixels)) for f in files])
     out.mkdir(parents=True, exist_ok=True)
     rows: list[ExplainedFile] = []
     taken: set[str] = set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mlflow.entities import Run
 
-from stride.tasks import Evaluation
+from stride.serving import Evaluation
 from stride.tracking.contract import ARCHITECTURE_TAG, DATASET_NAME_TAG, GIT_COMMIT_TAG, RECIPE_TAG, TASK_TAG
 
 

@@ -2,7 +2,7 @@
 
 The model evaluated is the logged MLflow model itself (what the registry serves), fed the
 batches its task's datamodule makes, so the numbers are comparable with the run's own test
-metrics. What is measured is the task's business (`Task.evaluate`).
+metrics. What is measured is the task's business (`Serving.evaluate`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from stride.datamodules.image_classification import ShardedDataModule
+from stride.datamodules.sharded import ShardedDataModule
 from stride.datamodules.manifest import manifest_sha256
 from stride.datamodules.streaming import decode_member, iter_shard
 from stride.errors import StrideError
-from stride.tasks import Evaluation, Task
+from stride.serving import Evaluation, Serving
 
 
 def check_dataset_identity(path: str | Path, expected_sha256: str | None, run_id: str) -> str:
@@ -35,7 +35,7 @@ def check_input_shape(model_shape: tuple[int, ...], data: ShardedDataModule, mod
 
 
 @torch.no_grad()
-def evaluate_network(task: Task, network: torch.nn.Module, data: ShardedDataModule, split: str = "test",
+def evaluate_network(serving: Serving, network: torch.nn.Module, data: ShardedDataModule, split: str = "test",
                      model_uri: str = "model", input_shape: tuple[int, ...] | None = None) -> Evaluation:
     """Stream `split` once through an exported network and check every sample was seen."""
     if input_shape is not None:
@@ -43,7 +43,7 @@ def evaluate_network(task: Task, network: torch.nn.Module, data: ShardedDataModu
     data.manifest.split(split)
     data.setup("test")  # verifies shard sizes and checksums
     try:
-        evaluation = task.evaluate(network, data, split, model_uri)
+        evaluation = serving.evaluate(network, data, split, model_uri)
     except ValueError:  # e.g. numpy's "all input arrays must have the same shape", which names no sample
         misshapen = first_misshapen_sample(data, split)
         if misshapen is None:

@@ -12,8 +12,7 @@ import torch
 from stride.errors import StrideError
 from stride.registry.client import connect
 from stride.registry.references import ModelReference, class_names, describe_model, download_module, load_network
-from stride.tasks import TensorSpec, get_task
-from stride.tasks.base import DEFAULT_MAX_PIXELS
+from stride.serving import DEFAULT_MAX_PIXELS, TensorSpec, get_serving
 
 
 def check_file(path: str | Path) -> Path:
@@ -38,8 +37,8 @@ def predict_files(model_uri: str, files: list[str | Path], top_k: int = 3, track
         raise StrideError("give at least one file to predict on")
     client = connect(tracking_uri)
     ref: ModelReference = describe_model(client, model_uri)
-    task = get_task(ref.task)
-    inputs = np.stack([task.read_input(check_file(f), TensorSpec(ref.input_shape), max_pixels=max_pixels)
+    serving = get_serving(ref.task)
+    inputs = np.stack([serving.read_input(check_file(f), TensorSpec(ref.input_shape), max_pixels=max_pixels)
                        for f in files])
     labels = class_names(client, ref)
     if decoding:
@@ -47,17 +46,16 @@ def predict_files(model_uri: str, files: list[str | Path], top_k: int = 3, track
     else:
         network = load_network(ref)
     outputs = network(torch.from_numpy(inputs)).numpy()
-    rows = task.predictions(outputs, [str(f) for f in files], labels, top_k, inputs=TensorSpec(ref.input_shape))
+    rows = serving.predictions(outputs, [str(f) for f in files], labels, top_k, inputs=TensorSpec(ref.input_shape))
     if pictures is not None:
-        task.draw_predictions(rows, Path(pictures))
-    return rows, task.prediction_table(rows)
+        serving.draw_predictions(rows, Path(pictures))
+    return rows, serving.prediction_table(rows)
 
 
 def rebuilt_decoder(client, ref: ModelReference, decoding: dict[str, Any]) -> torch.nn.Module:
     """The task's eager decoder over the weights logged with `ref`'s run (read with weights_only=True)."""
     from stride.training.checkpoints import load_module
 
-    task = get_task(ref.task)
     with tempfile.TemporaryDirectory() as tmp:
         _, module = load_module(download_module(client, ref, Path(tmp)))
-    return task.decoder(module, **decoding)
+    return get_serving(ref.task).decoder(module, **decoding)

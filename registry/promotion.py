@@ -29,7 +29,8 @@ from stride.registry.client import connect, is_missing, mlflow_errors
 from stride.registry.evaluation import check_dataset_identity, evaluate_network
 from stride.registry.lock import LOCK_SUFFIX, registry_lock
 from stride.registry.references import ModelReference, describe_model, load_network
-from stride.tasks import Evaluation, Task, get_task
+from stride.serving import Evaluation, get_serving
+from stride.tasks import Task, get_task
 from stride.tracking.contract import (CHAMPION_ALIAS, CLASS_NAMES_TAG, CONFIG_ARTIFACT, CONFIG_SHA256_TAG,
                                       DATASET_PATH_TAG, DATASET_SHA256_TAG, EVALUATION_PREFIX, FORCED_TAG, GATE_TAG,
                                       LINEAGE_TAGS, MODEL_URI_TAG, PARENT_TAG, REPLACED_EVALUATION_PREFIX,
@@ -112,7 +113,7 @@ def config_sha256(run_id: str) -> str:
 
 
 def evaluate_reference(ref: ModelReference, data, split: str = "test") -> Evaluation:
-    return evaluate_network(get_task(ref.task), load_network(ref), data, split, model_uri=ref.uri,
+    return evaluate_network(get_serving(ref.task), load_network(ref), data, split, model_uri=ref.uri,
                             input_shape=ref.input_shape)
 
 

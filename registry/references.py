@@ -123,9 +123,9 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> torch.nn.Modu
 def class_names(client: MlflowClient, ref: ModelReference) -> list[str]:
     if CLASS_NAMES_TAG in ref.version_tags:
         return json.loads(ref.version_tags[CLASS_NAMES_TAG])
-    from stride.tasks import get_task
+    from stride.serving import get_serving
 
-    if labels := get_task(ref.task).labels_artifact:
+    if labels := get_serving(ref.task).labels_artifact:
         return logged_labels(client, ref, labels)
     names: list[str] = []
     if ref.run_id:

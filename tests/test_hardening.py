@@ -165,11 +165,11 @@ def bomb(path: Path, width: int, height: int) -> Path:
 @pytest.mark.parametrize("width, limit", [(100_000, 50_000_000), (8_000, 50_000_000), (100_000, 6_000_000_000)])
 def test_decompression_bombs_are_refused_from_their_header(tmp_path, width, limit):
     """Refused from the header, never decoded, whichever of PIL's check and stride's limit comes first."""
-    from stride.tasks import TensorSpec, get_task
+    from stride.serving import TensorSpec, get_serving
 
     started = time.monotonic()
     with pytest.raises(StrideError, match=r"bomb.png: .*(decompression bomb|more than the limit)"):
-        get_task("classification").read_input(bomb(tmp_path / "bomb.png", width, width), TensorSpec((1, 28, 28)),
+        get_serving("classification").read_input(bomb(tmp_path / "bomb.png", width, width), TensorSpec((1, 28, 28)),
                                               max_pixels=limit)
     assert time.monotonic() - started < 2
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -291,13 +290,14 @@ def test_models_and_weights_logged_without_digests_are_refused_with_what_to_do(m
 
 
 def test_a_champion_logged_without_digests_is_replaced_only_with_force(mlflow_server, logged, tmp_path, capsys):
-    from stride.tasks import DataFacts, get_task
+    from stride.serving import get_serving
+    from stride.tasks import DataFacts
     from stride.tracking.models import log_exported
     from stride.training.checkpoints import load_module
 
     client = MlflowClient(mlflow_server)
     config, module = load_module(client.download_artifacts(logged.deferred_run_id, MODULE_ARTIFACT, str(tmp_path)))
-    exported = get_task(config.task).export(module, DataFacts.from_dict(module.hparams["stride"]["data"]))
+    exported = get_serving(config.task).export(module, DataFacts.from_dict(module.hparams["stride"]["data"]))
     old_uri = log_exported(exported, mlflow_server, logged.deferred_run_id)
     client.delete_logged_model_tag(old_uri.removeprefix("models:/"), MODEL_FILES_TAG)  # as logged before digests
     name = f"{MODEL}-old"
@@ -317,7 +317,7 @@ def test_the_file_mlflow_itself_writes_into_a_local_store_is_not_taken_for_tampe
     `registered_model_meta` into the stored model's folder; stride, which never reads it, still loads the model."""
     import mlflow.pytorch
 
-    from stride.tasks import ExportedModel, TensorSpec
+    from stride.serving import ExportedModel, TensorSpec
     from stride.tracking.models import log_exported
     from stride.tracking.store import fluent_tracking_uri
 

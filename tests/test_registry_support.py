@@ -15,9 +15,11 @@ from PIL import Image
 from stride.errors import StrideError
 from stride.pipelines.cli import main
 from stride.registry.promotion import gate
-from stride.tasks import Evaluation, TensorSpec, get_task
+from stride.serving import Evaluation, TensorSpec, get_serving
+from stride.tasks import get_task
 
-CLASSIFICATION = get_task("classification")
+CLASSIFICATION = get_serving("classification")
+CLASSIFICATION_TASK = get_task("classification")
 
 
 def read_input(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -98,7 +100,7 @@ def _evaluation(accuracy: float) -> Evaluation:
 
 
 def test_gate_needs_a_strict_gain_of_at_least_min_delta():
-    task = CLASSIFICATION
+    task = CLASSIFICATION_TASK
     assert gate(task, _evaluation(0.5), None, 0.0)[0]
     assert gate(task, _evaluation(0.91), _evaluation(0.90), 0.0)[0]
     assert not gate(task, _evaluation(0.90), _evaluation(0.90), 0.0)[0]  # a tie never replaces the champion
@@ -109,7 +111,7 @@ def test_gate_needs_a_strict_gain_of_at_least_min_delta():
 
 def test_gate_reads_the_task_quality_and_its_direction():
     """A task whose quality is lower-is-better gates the other way, with no change to promotion code."""
-    class LowerIsBetter(type(CLASSIFICATION)):
+    class LowerIsBetter(type(CLASSIFICATION_TASK)):
         quality, quality_mode = "loss", "min"
 
     def evaluation(loss: float) -> Evaluation:

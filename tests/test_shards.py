@@ -1,7 +1,6 @@
 """Shard writing is atomic, never destroys an existing dataset, and every defect is named."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

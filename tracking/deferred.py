@@ -13,7 +13,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stride.errors import StrideError
-from stride.tasks import DataFacts, get_task
+from stride.serving import get_serving
+from stride.tasks import DataFacts
 from stride.tracking.contract import (DEFERRED_MODEL_TAG, EXPORTED_LATER_TAG, MODEL_URI_TAG, MODULE_ARTIFACT,
                                       MODULE_SHA256_TAG)
 from stride.tracking.digests import download_verified
@@ -42,7 +43,7 @@ def export_deferred_model(tracking_uri: str, run_id: str) -> str:
         config, module = load_module(path)  # weights_only: nothing in the artifact store is unpickled
     facts = DataFacts.from_dict(module.hparams["stride"]["data"])
     try:
-        uri = log_exported(get_task(config.task).export(module, facts), tracking_uri, run_id)
+        uri = log_exported(get_serving(config.task).export(module, facts), tracking_uri, run_id)
     except (StrideError, MlflowException):
         raise
     except Exception as err:  # torch.export refusing the network, a full disk, ...

@@ -19,7 +19,7 @@ from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from stride.tasks import ExportedModel
+from stride.serving import ExportedModel
 from stride.tracking.contract import MODEL_FILES_TAG, MODEL_NAME
 from stride.tracking.digests import encode_digests, folder_digests
 

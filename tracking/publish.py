@@ -14,6 +14,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from stride.serving import get_serving
 from stride.tasks import get_task
 from stride.tracking.contract import (BEST_CHECKPOINT_TAG, DEFERRED_MODEL_TAG, MODEL_URI_TAG, MODULE_ARTIFACT,
                                       MODULE_SHA256_TAG, PLOTS_FOLDER, best_metric)
@@ -37,12 +38,13 @@ def publish_training(run: MlflowRun, outcome: TrainOutcome) -> str | None:
     if not config.tracking.log_model:
         return None
     log_module(run, outcome.module)
-    if task.labels_artifact:  # what the outputs mean, beside the model (a captioner's vocabulary)
-        client.log_dict(run.run_id, {"words": list(outcome.facts.class_names)}, task.labels_artifact)
+    serving = get_serving(config.task)
+    if serving.labels_artifact:  # what the outputs mean, beside the model (a captioner's vocabulary)
+        client.log_dict(run.run_id, {"words": list(outcome.facts.class_names)}, serving.labels_artifact)
     if config.tracking.log_model == "deferred":  # exported from those weights if the run is ever promoted
         client.set_tag(run.run_id, DEFERRED_MODEL_TAG, MODULE_ARTIFACT)
         return None
-    model_uri = log_exported(task.export(outcome.module, outcome.facts), run.uri, run.run_id)
+    model_uri = log_exported(serving.export(outcome.module, outcome.facts), run.uri, run.run_id)
     client.set_tag(run.run_id, MODEL_URI_TAG, model_uri)
     return model_uri
 

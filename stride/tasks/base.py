@@ -1,21 +1,19 @@
-"""What a task is, in one place: the interface every launcher, the recorder and the registry use.
+"""What a task is for training, in one place: the interface every launcher and the training core use.
 
-A task says which datamodule reads its datasets, which LightningModule trains it, which
-metric says one model is better than another, which plots a finished run gets, what the
-exported model takes and returns, how a logged model is evaluated on a split, and how
-`stride predict` reads files and shows results. Train, tune, bench, promote, evaluate and
-predict only ever call these methods, so a new task (detection, captioning) is one
-subclass plus `register_task`, with no edit to those commands.
+A task says which config it takes (its own data options), which datamodule reads its datasets,
+which LightningModule trains it, which metric says one model is better than another, and which
+plots a finished run gets. What happens after training (export, evaluation, users' files,
+predictions) is the task's `stride.serving.Serving`. A new task is a module here and one in
+`stride/serving/` (or a plugin, stride.plugins), with no edit to the commands that use them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from torch import nn
 
 from stride.errors import StrideError
@@ -25,10 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
     from stride.config.schema import StrideConfig
-    from stride.datamodules.image_classification import ShardedDataModule
-
-
-DEFAULT_MAX_PIXELS = 50_000_000  # `stride predict --max-pixels`: larger images are refused unread
+    from stride.datamodules.sharded import ShardedDataModule
 
 
 @dataclass(frozen=True)
@@ -59,41 +54,6 @@ class DataFacts:
         norm = data.get("normalization")
         return cls(data["manifest_task"], tuple(data["input_shape"]), int(data["num_classes"]),
                    tuple(data.get("class_names", ())), (tuple(norm[0]), tuple(norm[1])) if norm else None)
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    shape: tuple[int, ...]  # without the batch dimension
-    dtype: str = "float32"
-
-
-@dataclass
-class ExportedModel:
-    """The network a registry serves (CPU, eval mode) and its input/output signature."""
-
-    network: nn.Module
-    inputs: TensorSpec
-    outputs: TensorSpec
-
-
-@dataclass
-class Evaluation:
-    """A logged model's numbers on one split; `details` is whatever the task's plots need."""
-
-    split: str
-    metrics: dict[str, float]  # keys start with the split, e.g. test_acc, test_loss
-    samples: int
-    dataset_path: str
-    dataset_sha256: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def value(self, quality: str) -> float:
-        return self.metrics[f"{self.split}_{quality}"]
-
-    def summary(self) -> str:
-        shown = ", ".join(f"{k.removeprefix(self.split + '_')} {v:.4f}" for k, v in self.metrics.items()
-                          if not k.endswith("_samples"))
-        return f"{shown} on {self.samples} {self.split} samples"
 
 
 class Task(ABC):
@@ -138,50 +98,9 @@ class Task(ABC):
         `forward`: what to call instead of `network` (its compiled forward)."""
 
     @abstractmethod
-    def export(self, module: "pl.LightningModule", facts: DataFacts) -> ExportedModel:
-        """The inference network that the MLflow model holds."""
-
-    # -- the registry -----------------------------------------------------------------------
-    @abstractmethod
     def evaluation_data(self, path: str | Path, input_shape: tuple[int, ...] | None = None) -> "ShardedDataModule":
         """A datamodule that reads a dataset for evaluation, every sample once; `input_shape` is the model's,
         for tasks that resize stored images to what the network takes (detection, captioning)."""
-
-    @abstractmethod
-    def evaluate(self, network: nn.Module, data: "ShardedDataModule", split: str, model: str) -> Evaluation:
-        """Run an exported network over `split` of `data`."""
-
-    @abstractmethod
-    def evaluation_figures(self, evaluation: Evaluation, folder: Path, title: str) -> list[Path]:
-        """PNG files to log with an evaluation."""
-
-    def write_predictions(self, evaluation: Evaluation, folder: Path) -> list[Path]:
-        """Per-sample prediction files in a format other tools read (`stride evaluate --predictions-dir`)."""
-        raise StrideError(f"task {self.name!r} writes no per-sample prediction files")
-
-    @abstractmethod
-    def read_input(self, path: Path, inputs: TensorSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-        """One file as the exported network's input (raises StrideError naming the file). Images larger
-        than `max_pixels` are refused from their header, before anything is decoded."""
-
-    @abstractmethod
-    def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int,
-                    inputs: TensorSpec | None = None) -> list[Any]:
-        """Rows with `as_dict()`, one per file, from the network's outputs (`inputs`: what `read_input` made
-        of the files, for tasks that map outputs back to each file's own pixels)."""
-
-    @abstractmethod
-    def prediction_table(self, rows: list[Any]) -> str:
-        """`stride predict`'s text output."""
-
-    def draw_predictions(self, rows: list[Any], folder: Path) -> list[Path]:
-        """Pictures of the predictions (`stride predict --out DIR`), for tasks that have something to draw."""
-        raise StrideError(f"task {self.name!r} draws no predictions; leave out --out")
-
-    def decoder(self, module: "pl.LightningModule", **options: Any) -> nn.Module:
-        """An eager inference network (CPU, eval) with options the logged model fixes, e.g. a captioner's
-        beam size (`stride predict --beam-size`); it takes and returns what the logged model does."""
-        raise StrideError(f"task {self.name!r} takes no decoding options ({', '.join(options)})")
 
 
 def datamodule_arguments(config: "StrideConfig") -> dict[str, Any]:

@@ -28,7 +28,7 @@ from stride.errors import StrideError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pytorch_lightning as pl
 
-    from stride.datamodules.image_classification import ShardedDataModule
+    from stride.datamodules.sharded import ShardedDataModule
     from stride.tasks.base import DataFacts
 
 log = logging.getLogger(__name__)

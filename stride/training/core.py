@@ -24,7 +24,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from stride.config.components import build_components
 from stride.config.schema import StrideConfig
-from stride.datamodules.image_classification import ShardedDataModule
+from stride.datamodules.sharded import ShardedDataModule
 from stride.errors import StrideError
 from stride.names import safe_filename
 from stride.tasks import DataFacts, get_task
