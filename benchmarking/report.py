@@ -19,7 +19,7 @@ from stride.datamodules.workers import loader_workers
 from stride.training import open_datamodule
 from stride.training.speed import resolve_channels_last, resolve_precision, uses_cuda
 
-PACKAGES = ("stride", "torch", "pytorch-lightning", "torchmetrics", "mlflow", "webdataset", "numpy")
+PACKAGES = ("stride", "torch", "pytorch-lightning", "torchmetrics", "mlflow", "numpy")
 
 
 def cpu_name() -> str:

@@ -29,11 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from stride.datamodules.manifest import ShardEntry
+from stride.datamodules.tar_samples import tar_samples
 from stride.errors import StrideError
-from stride.names import is_plain_relative
 
 
 KEY_FIELD = "__key__"  # a pseudo-field: the sample's key, for tracing samples
@@ -77,8 +76,7 @@ def iter_shard(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, dict[
     last_key = "(start of shard)"
     try:
         with open(path, "rb") as handle:
-            for sample in group_by_keys(_plain_members(handle, path)):
-                key = sample["__key__"]
+            for key, sample in tar_samples(handle, str(path)):
                 missing = [f for f in fields if f not in sample and f != KEY_FIELD]
                 if missing:
                     raise StrideError(f"shard {path}, sample {key!r}: missing member(s) {', '.join(missing)}")
@@ -86,17 +84,8 @@ def iter_shard(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, dict[
                 yield key, {f: sample[f] for f in fields if f != KEY_FIELD}
     except StrideError:
         raise
-    except Exception as err:  # tarfile/ValueError on truncated or corrupted archives
+    except Exception as err:  # tarfile errors on truncated or corrupted archives
         raise StrideError(f"shard {path} is corrupted or truncated after sample {last_key!r}: {err}") from None
-
-
-def _plain_members(handle: Any, path: Path) -> Iterator[dict[str, Any]]:
-    """The shard's members; one whose name could leave a folder (absolute, `..`) refuses the shard."""
-    for member in tar_file_iterator(handle):
-        if not is_plain_relative(member["fname"]):
-            raise StrideError(f"shard {path}: member {member['fname']!r} is not a plain relative name (absolute, "
-                              "'..' or empty parts); refusing the shard")
-        yield {**member, "__url__": str(path)}
 
 
 @dataclass(frozen=True)
