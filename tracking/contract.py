@@ -69,7 +69,7 @@ PLOTS_FOLDER = "plots"  # the task's figures (also a search's and an evaluation'
 # maps: `stride explain`, a deferred export and a decoder rebuilt with options read it
 # (stride.training.checkpoints.load_module)
 MODULE_ARTIFACT = "weights/module.pt"
-# the logged pt2 model (`runs:/RUN_ID/model`); a task's labels file (Task.labels_artifact, e.g. a captioner's
+# the logged pt2 model (`runs:/RUN_ID/model`); a task's labels file (Serving.labels_artifact, e.g. a captioner's
 # vocabulary) goes beside it
 MODEL_NAME = "model"
 

@@ -20,6 +20,7 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from stride.errors import StrideError
+from stride.plugins import PLUGINS_ENV
 
 CONNECT_TIMEOUT_S = 5.0
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives the head node one unit of it
@@ -125,6 +126,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, state_ap
                                                          "include_dashboard": state_api,
                                                          "_node_ip_address": LOOPBACK}
     kwargs.update(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
+    if address and os.environ.get(PLUGINS_ENV):
+        # a cluster's workers did not inherit this shell's environment: they import the same plugins
+        # (a plugin named by file must exist at that path on every node)
+        kwargs["runtime_env"] = {"env_vars": {PLUGINS_ENV: os.environ[PLUGINS_ENV]}}
     try:
         with contextlib.nullcontext() if address else loopback_node(), own_sigterm_handler():
             ray.init(**kwargs)

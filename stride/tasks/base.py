@@ -69,9 +69,6 @@ class Task(ABC):
     quality_mode: ClassVar[Literal["min", "max"]] = "max"
     # the test metrics a leaderboard or report shows beside `test_<quality>`
     reported: ClassVar[tuple[str, ...]] = ("loss",)
-    # A run artifact, JSON {"words": [...]}, naming what the outputs mean, logged beside the model for tasks whose
-    # labels can outgrow a registry tag (a captioner's vocabulary); `stride predict` reads it back.
-    labels_artifact: ClassVar[str | None] = None
 
     @property
     def shown_test_metrics(self) -> tuple[str, ...]:
