@@ -1,4 +1,5 @@
-"""Image captioning networks (docs/models.md, A4; section 8 of the TCN study): a ResNet-18 encoder and a TCN or GRU decoder.
+"""Image captioning networks (docs/models.md, A4; section 8 of the TCN study): a ResNet-18 encoder and a TCN or GRU
+decoder.
 
 There is no start token: the image vector (ResNet-18 up to global average pooling, 512-d,
 projected to the embedding size when they differ) is the input at step 0, and the input at
@@ -64,7 +65,7 @@ class ImageEncoder(nn.Module):
             self.requires_grad_(False)
             self.eval()
 
-    def train(self, mode: bool = True) -> "ImageEncoder":
+    def train(self, mode: bool = True) -> ImageEncoder:
         return super().train(mode and not self.frozen)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -367,7 +368,8 @@ def build_caption_tcn(
     _check_input("caption_tcn", input_shape, num_classes)
     shared = dict(vocabulary_size=num_classes, embedding_size=embedding_size, image_conditioning=image_conditioning,
                   encoder_weights=encoder_weights, freeze_encoder=freeze_encoder)
-    tcn = TCN(decoder_input_size(embedding_size, image_conditioning), num_classes, "single", dilations(dilation_schedule, num_blocks), channels, kernel_size,
+    tcn = TCN(decoder_input_size(embedding_size, image_conditioning), num_classes, "single",
+              dilations(dilation_schedule, num_blocks), channels, kernel_size,
               dropout, "left", weight_norm)
     return TCNCaptioner(tcn, **shared)
 

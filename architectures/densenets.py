@@ -11,6 +11,7 @@ convolution (the seed uses 0.2 without data augmentation).
 from __future__ import annotations
 
 from collections import OrderedDict
+
 import torch
 from pydantic import PositiveInt
 from torch import Tensor, nn

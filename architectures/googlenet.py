@@ -5,8 +5,9 @@ Imported only when a GoogLeNet is built: importing torchvision's models costs se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torchvision.models as tv
 from torch import Tensor, nn

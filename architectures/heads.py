@@ -19,9 +19,9 @@ blocks may hold any Python. Anything else is refused with the reason.
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

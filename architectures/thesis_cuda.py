@@ -8,7 +8,7 @@ the probability of *keeping* a unit (its sec. 2.5.2), so `keep_probability` p be
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

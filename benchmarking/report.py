@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -58,7 +59,8 @@ def trained_workers(config: StrideConfig) -> int:
 
 
 def default_worker_counts(config: StrideConfig) -> list[int]:
-    return sorted({n for n in (0, 1, 2, 4, 8) if n <= (os.cpu_count() or 1)} | {loader_workers(config.data.num_workers)})
+    return sorted({n for n in (0, 1, 2, 4, 8) if n <= (os.cpu_count() or 1)}
+                  | {loader_workers(config.data.num_workers)})
 
 
 @dataclass

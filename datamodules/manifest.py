@@ -68,7 +68,8 @@ class Manifest(BaseModel):
         try:
             return self.splits[name]
         except KeyError:
-            raise StrideError(f"dataset {self.dataset!r} has no split {name!r} (has: {', '.join(self.splits)})") from None
+            raise StrideError(f"dataset {self.dataset!r} has no split {name!r} "
+                              f"(has: {', '.join(self.splits)})") from None
 
 
 def read_manifest(root: str | Path) -> Manifest:

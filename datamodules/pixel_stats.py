@@ -18,7 +18,7 @@ class PixelSums:
     count: int = 0  # pixels per channel
 
     @classmethod
-    def empty(cls, channels: int = 3) -> "PixelSums":
+    def empty(cls, channels: int = 3) -> PixelSums:
         return cls(np.zeros(channels, np.int64), np.zeros(channels, np.int64))
 
     def add(self, pixels: np.ndarray, channel_axis: int) -> None:
@@ -28,7 +28,7 @@ class PixelSums:
         self.squares += np.square(pixels, dtype=np.int64).sum(axis=axes)
         self.count += pixels.size // pixels.shape[channel_axis]
 
-    def merge(self, other: "PixelSums") -> None:
+    def merge(self, other: PixelSums) -> None:
         self.total += other.total
         self.squares += other.squares
         self.count += other.count

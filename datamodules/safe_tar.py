@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import tarfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from stride.errors import StrideError
 from stride.names import is_plain_relative

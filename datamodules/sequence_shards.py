@@ -129,7 +129,8 @@ def prepare_sequences(source: str | Path, out_dir: str | Path, *, val_fraction: 
                 for index, (sequence, label) in enumerate(zip(x, y)):
                     buffer = io.BytesIO()
                     np.save(buffer, sequence, allow_pickle=False)
-                    writer.add(split, f"{split}{index:08d}", {"npy": buffer.getvalue(), "cls": str(int(label)).encode()})
+                    writer.add(split, f"{split}{index:08d}",
+                               {"npy": buffer.getvalue(), "cls": str(int(label)).encode()})
                     progress.update()
         return writer.commit(
             dataset=Path(out_dir).name, task="sequence_classification",

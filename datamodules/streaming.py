@@ -21,9 +21,10 @@ import io
 import json
 import math
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,6 @@ from torch.utils.data import IterableDataset, get_worker_info
 from stride.datamodules.manifest import ShardEntry
 from stride.datamodules.tar_samples import tar_samples
 from stride.errors import StrideError
-
 
 KEY_FIELD = "__key__"  # a pseudo-field: the sample's key, for tracing samples
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 import tarfile
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from stride.errors import StrideError
 from stride.names import is_plain_relative

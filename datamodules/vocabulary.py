@@ -13,8 +13,9 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from stride.errors import StrideError
 
@@ -42,7 +43,7 @@ class Vocabulary:
         self._ids = {word: index for index, word in enumerate(self.words)}
 
     @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 5) -> "Vocabulary":
+    def build(cls, captions: Iterable[str], min_count: int = 5) -> Vocabulary:
         counts = Counter(word for caption in captions for word in tokenize(caption))
         kept = sorted((word for word, count in counts.items() if count > min_count), key=lambda w: (-counts[w], w))
         return cls([cls.EOS, cls.UNKNOWN, *kept], min_count)
@@ -77,7 +78,7 @@ class Vocabulary:
         return {"words": self.words, "min_count": self.min_count}
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "vocabulary") -> "Vocabulary":
+    def from_json(cls, data: Any, where: str = "vocabulary") -> Vocabulary:
         words = data.get("words") if isinstance(data, dict) else None
         if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
             raise StrideError(f"{where}: expected an object with 'words', a list of strings")
@@ -103,7 +104,7 @@ class Vocabulary:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, expected_sha256: str | None = None) -> "Vocabulary":
+    def load(cls, path: str | Path, expected_sha256: str | None = None) -> Vocabulary:
         path = Path(path)
         if not path.is_file():
             raise StrideError(f"{path}: vocabulary file not found")

@@ -20,8 +20,16 @@ from typing import Any
 
 from stride import __version__
 from stride.datamodules.manifest import MANIFEST_NAME, Manifest, ShardEntry, SplitEntry, sha256_of
-from stride.datamodules.swap import TMP_MARK, finish_swap, journalled_folders, new_token, pid_of, sibling, \
-    swap_in, token_of
+from stride.datamodules.swap import (
+    TMP_MARK,
+    finish_swap,
+    journalled_folders,
+    new_token,
+    pid_of,
+    sibling,
+    swap_in,
+    token_of,
+)
 from stride.errors import StrideError
 from stride.names import plain_name
 
@@ -88,7 +96,7 @@ class ShardWriter:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise StrideError(f"output folder {parent} is not writable")
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         self.tmp_dir.mkdir()
         return self
 

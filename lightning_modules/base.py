@@ -10,7 +10,8 @@ progress bar only on the steps a logger would record it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from stride.errors import StrideError
 
@@ -62,7 +63,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
                         "state; shared by all nodes on a multi-node cluster (default: ./ray_results)")
 
 
-def config_from_args(args: argparse.Namespace) -> "StrideConfig":
+def config_from_args(args: argparse.Namespace) -> StrideConfig:
     from stride.config import load_config
 
     if bool(args.recipe) == bool(args.config):

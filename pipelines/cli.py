@@ -57,7 +57,8 @@ def quiet_library_info() -> None:
     for library in QUIET_LIBRARIES:
         logging.getLogger(library).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(lambda record: record.levelno >= logging.WARNING or not record.name.startswith(QUIET_LIBRARIES))
+        handler.addFilter(lambda record: record.levelno >= logging.WARNING
+                          or not record.name.startswith(QUIET_LIBRARIES))
     logging.getLogger(RAISES_WHAT_IT_LOGS).addFilter(lambda record: record.exc_info is None)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import errno
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from stride.errors import StrideError
 
@@ -55,7 +56,7 @@ def places(args: argparse.Namespace) -> list[str]:
     return found or ["the working directory"]
 
 
-def trained_config(args: argparse.Namespace) -> "StrideConfig | None":
+def trained_config(args: argparse.Namespace) -> StrideConfig | None:
     """The config of a command that trains one (`recipe` or `--config` with `--set`), else None."""
     from stride.pipelines.arguments import config_from_args
 

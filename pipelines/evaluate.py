@@ -12,9 +12,18 @@ import tempfile
 from pathlib import Path
 
 from stride.pipelines.arguments import add_tracking_argument
-from stride.tracking.contract import (DATASET_PATH_TAG, DATASET_SHA256_TAG, EVALUATED_MODEL_TAG, EVALUATED_RUN_ID_TAG,
-                                      EVALUATIONS_EXPERIMENT, MODEL_VERSION_TAG, PLOTS_FOLDER, REGISTERED_MODEL_TAG,
-                                      SPLIT_TAG, TASK_TAG)
+from stride.tracking.contract import (
+    DATASET_PATH_TAG,
+    DATASET_SHA256_TAG,
+    EVALUATED_MODEL_TAG,
+    EVALUATED_RUN_ID_TAG,
+    EVALUATIONS_EXPERIMENT,
+    MODEL_VERSION_TAG,
+    PLOTS_FOLDER,
+    REGISTERED_MODEL_TAG,
+    SPLIT_TAG,
+    TASK_TAG,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -32,10 +41,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stride.errors import StrideError
     from stride.registry.client import connect
     from stride.registry.evaluation import evaluate_network
     from stride.registry.references import describe_model, load_network
-    from stride.errors import StrideError
     from stride.serving import Serving, get_serving
     from stride.tasks import get_task
 

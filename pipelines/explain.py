@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from stride.errors import StrideError
 from stride.pipelines.arguments import add_image_output_arguments, positive_int, unit_interval
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def logged_module(model_uri: str, tracking_uri: str | None,
-                  folder: Path) -> tuple[Path, Callable[["torch.Tensor"], "torch.Tensor"]]:
+                  folder: Path) -> tuple[Path, Callable[[torch.Tensor], torch.Tensor]]:
     """The weights-only checkpoint logged with `model_uri`'s run, and the logged model (to check it against)."""
     from stride.registry.client import connect
     from stride.registry.references import describe_model, download_module, load_network
@@ -96,7 +97,7 @@ def logged_module(model_uri: str, tracking_uri: str | None,
 
 
 def explain_files(checkpoint: Path, files: list[str], out: Path, *, top_k: int, threshold: float,
-                  max_pixels: int, reference: Callable[["torch.Tensor"], "torch.Tensor"] | None = None
+                  max_pixels: int, reference: Callable[[torch.Tensor], torch.Tensor] | None = None
                   ) -> list[ExplainedFile]:
     """Read every file (all checked first), map the top classes, write `out/<file stem>_cam.png` each."""
     import torch
@@ -155,7 +156,7 @@ def _unused(stem: str, taken: set[str]) -> str:
     return name
 
 
-def _check_same_model(logged: "torch.Tensor", rebuilt: "torch.Tensor") -> None:
+def _check_same_model(logged: torch.Tensor, rebuilt: torch.Tensor) -> None:
     if not (logged - rebuilt).abs().max() <= PROBABILITY_TOLERANCE:
         raise StrideError("the network rebuilt from the run's weights does not predict what the logged model "
                           "predicts (a later training of the same run replaced the weights?); pass the model's own "

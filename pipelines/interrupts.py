@@ -34,7 +34,7 @@ class SignalWatch:
         self.received = self.received or signum
         raise KeyboardInterrupt
 
-    def __enter__(self) -> "SignalWatch":
+    def __enter__(self) -> SignalWatch:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
             for signum in WATCHED:
                 self._previous[signum] = signal.signal(signum, self.handle)

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "official CIFAR .tar.gz, or the .npz file of labelled sequences (sequences)")
     parser.add_argument("--out", required=True, help="output dataset folder (shards + manifest.json)")
     parser.add_argument("--val-size", type=positive_int, help="validation images split off the training set "
-                        "(default: 5000 for MNIST-format, CIFAR and coco-captions, 6000 for SVHN, 180 for digits, 1000 for "
+                        "(default: 5000 for MNIST-format, CIFAR and coco-captions, 6000 for SVHN, 180 for digits, "
+                        "1000 for "
                         "patches and wider-face, 40 for faces, 250 for shapes-captions)")
     parser.add_argument("--test-size", type=positive_int, help="test images (digits: default 360; patches: 1000)")
     parser.add_argument("--train-size", type=positive_int, default=5000,
@@ -131,7 +132,8 @@ def _coco_captions(args: argparse.Namespace, common: dict):
 
 
 PREPARERS = {"faces": _faces, "wider-face": _wider_face, "shapes-captions": _shapes_captions,
-             "coco-captions": _coco_captions, "sequences": _sequences, "digits": _digits, "patches": _patches, "svhn": _svhn,
+             "coco-captions": _coco_captions, "sequences": _sequences, "digits": _digits, "patches": _patches,
+             "svhn": _svhn,
              **dict.fromkeys(MNIST_LIKE, _mnist_like), **dict.fromkeys(CIFAR, _cifar)}
 
 
@@ -169,4 +171,5 @@ def validation_share_note(manifest) -> str | None:
     if share <= SENSIBLE_VAL_SHARE:
         return None
     return (f"warning: validation holds {val} of {train + val} training samples ({share:.0%}), leaving {train} to "
-            f"train on; lower --val-size (about {int(SENSIBLE_VAL_SHARE * (train + val))} keeps {SENSIBLE_VAL_SHARE:.0%})")
+            f"train on; lower --val-size (about {int(SENSIBLE_VAL_SHARE * (train + val))} "
+            f"keeps {SENSIBLE_VAL_SHARE:.0%})")

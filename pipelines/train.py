@@ -11,8 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stride.pipelines.arguments import (add_config_arguments, add_ray_arguments, add_tracking_argument,
-                                         config_from_args, non_negative_number, positive_int, positive_number)
+from stride.pipelines.arguments import (
+    add_config_arguments,
+    add_ray_arguments,
+    add_tracking_argument,
+    config_from_args,
+    non_negative_number,
+    positive_int,
+    positive_number,
+)
 
 if TYPE_CHECKING:  # the heavy imports happen in the handlers, so `stride --help` stays fast
     from stride.config.schema import StrideConfig
@@ -45,12 +52,11 @@ class RecordedTraining:
         return self.outcome.test_metrics
 
 
-def train_and_record(config: "StrideConfig", *, tracking_uri: str | None = None) -> RecordedTraining:
+def train_and_record(config: StrideConfig, *, tracking_uri: str | None = None) -> RecordedTraining:
     """`stride train`'s launcher: check the data and the store, then the core recorded in an MLflow run,
     whose figures and model are published once it returned."""
-    from pytorch_lightning.utilities import rank_zero_only
-
     from mlflow.tracking import MlflowClient
+    from pytorch_lightning.utilities import rank_zero_only
 
     from stride.tracking.publish import publish_training
     from stride.tracking.recorder import RunRecorder

@@ -7,8 +7,13 @@ import shlex
 import sys
 
 from stride.errors import StrideError
-from stride.pipelines.arguments import (add_ray_arguments, add_tracking_argument, non_negative_number, positive_int,
-                                         positive_number)
+from stride.pipelines.arguments import (
+    add_ray_arguments,
+    add_tracking_argument,
+    non_negative_number,
+    positive_int,
+    positive_number,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:

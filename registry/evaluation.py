@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from stride.datamodules.sharded import ShardedDataModule
 from stride.datamodules.manifest import manifest_sha256
+from stride.datamodules.sharded import ShardedDataModule
 from stride.datamodules.streaming import decode_member, iter_shard
 from stride.errors import StrideError
 from stride.serving import Evaluation, Serving

@@ -17,8 +17,8 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException

@@ -31,11 +31,30 @@ from stride.registry.lock import LOCK_SUFFIX, registry_lock
 from stride.registry.references import ModelReference, describe_model, load_network
 from stride.serving import Evaluation, get_serving
 from stride.tasks import Task, get_task
-from stride.tracking.contract import (CHAMPION_ALIAS, CLASS_NAMES_TAG, CONFIG_ARTIFACT, CONFIG_SHA256_TAG,
-                                      DATASET_PATH_TAG, DATASET_SHA256_TAG, EVALUATION_PREFIX, FORCED_TAG, GATE_TAG,
-                                      LINEAGE_TAGS, MODEL_URI_TAG, PARENT_TAG, REPLACED_EVALUATION_PREFIX,
-                                      REPLACED_RUN_ID_TAG, REPLACED_VERSION_TAG, RESTORED_OVER_TAG, RUN_ID_TAG,
-                                      SEARCH_ID_TAG, SELECTION_TAG, TASK_TAG, export_lock_name, previous_alias)
+from stride.tracking.contract import (
+    CHAMPION_ALIAS,
+    CLASS_NAMES_TAG,
+    CONFIG_ARTIFACT,
+    CONFIG_SHA256_TAG,
+    DATASET_PATH_TAG,
+    DATASET_SHA256_TAG,
+    EVALUATION_PREFIX,
+    FORCED_TAG,
+    GATE_TAG,
+    LINEAGE_TAGS,
+    MODEL_URI_TAG,
+    PARENT_TAG,
+    REPLACED_EVALUATION_PREFIX,
+    REPLACED_RUN_ID_TAG,
+    REPLACED_VERSION_TAG,
+    RESTORED_OVER_TAG,
+    RUN_ID_TAG,
+    SEARCH_ID_TAG,
+    SELECTION_TAG,
+    TASK_TAG,
+    export_lock_name,
+    previous_alias,
+)
 from stride.tracking.deferred import export_deferred_model
 
 log = logging.getLogger(__name__)

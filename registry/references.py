@@ -28,10 +28,15 @@ from mlflow.models import Model
 from stride.datamodules.manifest import read_manifest
 from stride.errors import StrideError
 from stride.registry.lock import is_lock
-from stride.registry.verified_models import (LoggedFiles, exported_program, logged_files, verified_mlmodel,
-                                             verified_model_folder)
-from stride.tracking.digests import download_verified
+from stride.registry.verified_models import (
+    LoggedFiles,
+    exported_program,
+    logged_files,
+    verified_mlmodel,
+    verified_model_folder,
+)
 from stride.tracking.contract import BEST_CHECKPOINT_TAG, CLASS_NAMES_TAG, DATASET_PATH_TAG, TASK_TAG
+from stride.tracking.digests import download_verified
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from stride.errors import StrideError
-from stride.tracking.digests import check_file, check_folder, decode_digests
 from stride.tracking.contract import MODEL_FILES_TAG, MODEL_NAME, MODEL_URI_TAG
+from stride.tracking.digests import check_file, check_folder, decode_digests
 
 MLMODEL = "MLmodel"
 EXPORTED_PROGRAM = "data/model.pt2"  # where mlflow.pytorch saves a pt2 (torch.export) model

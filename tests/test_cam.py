@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import mlflow
 import pytest
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
+from test_registry_support import stride
 from torch import nn
 
 from stride.architectures import build
@@ -21,7 +22,6 @@ from stride.architectures.heads import find_cam_head
 from stride.cam_plots import overlay
 from stride.errors import StrideError
 from stride.tasks.cam import class_maps, explain, scores_and_maps, threshold_boxes
-from test_registry_support import stride
 
 
 def _digits(architecture: str, size: int = 28) -> nn.Module:

@@ -25,7 +25,6 @@ from stride.datamodules.vocabulary import Vocabulary, tokenize
 from stride.datamodules.writer import ShardWriter
 from stride.errors import StrideError
 
-
 # -- the vocabulary ------------------------------------------------------------------------------
 
 def test_tokenize_lowercases_and_splits_on_everything_but_letters_and_digits():
@@ -322,7 +321,8 @@ def test_evaluation_batches_hold_the_first_caption_then_eos_then_padding(shapes_
     data.setup()
     assert data.input_shape == (3, 32, 32) and data.num_classes == len(data.vocabulary)
     batch = next(iter(data.val_dataloader()))
-    pickle.loads(pickle.dumps(data.collate))  # loader workers get it pickled; our own object, round-tripped in this process
+    # loader workers get it pickled; our own object, round-tripped in this process
+    pickle.loads(pickle.dumps(data.collate))
     images, tokens, lengths, references = data.on_after_batch_transfer(batch, 0)
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
     assert 0 <= images.min() and images.max() <= 1 and images.std() > 0.05

@@ -304,8 +304,9 @@ def test_bad_inputs_name_the_problem() -> None:
 def test_python_tokens_are_the_ptb_tokens_of_everyday_captions() -> None:
     captions = ["A man's dog isn't here.", "Two people, in a U.S. city: at 3 p.m.!", "A t-shirt (blue) on a bed.",
                 "Kids' toys; it's 'fine' \"ok\" -- 1,000 cats...", "They're eating pizza, don't they?", ""]
-    expected = ["a man 's dog is n't here", "two people in a u.s. city at 3 p.m.", "a t-shirt -lrb- blue -rrb- on a bed",
-                "kids toys it 's fine ok 1,000 cats", "they 're eating pizza do n't they", ""]
+    expected = ["a man 's dog is n't here", "two people in a u.s. city at 3 p.m.",
+                "a t-shirt -lrb- blue -rrb- on a bed", "kids toys it 's fine ok 1,000 cats",
+                "they 're eating pizza do n't they", ""]
     assert [ptb_like_tokens(c) for c in captions] == expected
     if java_available():
         assert ptb_tokens(captions) == expected
@@ -328,7 +329,8 @@ def test_a_checkpoint_rebuilds_without_the_encoder_file_it_was_initialised_from(
     from stride.training.checkpoints import load_module
 
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pt")
-    config = load_config("caption-gru-shapes", [f"data.path={tmp_path}", f"model.encoder_weights={tmp_path}/resnet18.pt"])
+    config = load_config("caption-gru-shapes",
+                         [f"data.path={tmp_path}", f"model.encoder_weights={tmp_path}/resnet18.pt"])
     facts = DataFacts("captioning", (3, 64, 64), V, tuple(VOCABULARY))
     module = get_task("captioning").module(config, facts)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"stride": module.hparams["stride"]}},

@@ -8,9 +8,18 @@ import tarfile
 
 import numpy as np
 import pytest
+from cifar_files import (
+    CIFAR10_NAMES,
+    COARSE_NAMES,
+    FINE_NAMES,
+    gradient_image,
+    python2_pickle,
+    read_split,
+    tar_gz,
+    write_cifar,
+    write_svhn_mat,
+)
 
-from cifar_files import (CIFAR10_NAMES, COARSE_NAMES, FINE_NAMES, gradient_image, python2_pickle, read_split, tar_gz,
-                         write_cifar, write_svhn_mat)
 from stride.datamodules.manifest import verify_shards
 from stride.datamodules.safe_pickle import load_data_pickle
 from stride.datamodules.sources.cifar import prepare_cifar

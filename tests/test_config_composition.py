@@ -1,4 +1,5 @@
-"""Recipes compose: a recipe extends a base, callbacks and loggers are config entries, loader workers fit the machine."""
+"""Recipes compose: a recipe extends a base, callbacks and loggers are config entries, loader workers fit the
+machine."""
 
 from __future__ import annotations
 

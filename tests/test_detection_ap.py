@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from stride.errors import StrideError
-from stride.metrics.detection_ap import (average_precision, read_prediction_files, wider_face_ap,
-                                         write_prediction_files)
+from stride.metrics.detection_ap import average_precision, read_prediction_files, wider_face_ap, write_prediction_files
 
 FACE_A, FACE_B, FACE_C = [0, 0, 10, 10], [100, 100, 120, 130], [200, 0, 240, 40]
 FAR_AWAY = [500, 500, 510, 510]

@@ -48,7 +48,8 @@ def sample(index: int, rng: np.random.Generator) -> tuple[dict[str, bytes], dict
     n = len(boxes)
     annotation = {"file": f"0--Tiny/{index}.jpg", "event": "0--Tiny", "width": width, "height": height,
                   "boxes": boxes, "blur": [0] * n, "expression": [0] * n, "illumination": [0] * n,
-                  "invalid": [0] * n, "occlusion": [0] * n, "pose": [0] * n, "trainable": [True] * (n - 2) + [False, False]}
+                  "invalid": [0] * n, "occlusion": [0] * n, "pose": [0] * n,
+                  "trainable": [True] * (n - 2) + [False, False]}
     return {"jpg": buffer.getvalue(), "json": json.dumps(annotation).encode()}, annotation
 
 
@@ -221,7 +222,8 @@ def test_training_batches_are_deterministic_for_a_seed(faces):
 def test_batches_travel_to_workers_and_devices(faces):
     root, _ = faces
     datamodule = data(root, num_workers=2)
-    stream = pickle.loads(pickle.dumps(datamodule.stream("train")))  # spawned workers receive it pickled; our own object, pickled and loaded in this process
+    # spawned workers receive it pickled; our own object, pickled and loaded in this process
+    stream = pickle.loads(pickle.dumps(datamodule.stream("train")))
     assert isinstance(stream.to_batch, DetectionBatcher) and stream.to_batch.training
     images, targets = next(iter(datamodule.loader("val")))
     assert images.dtype == torch.uint8  # uint8 through the loader, floats after the transfer

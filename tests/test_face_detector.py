@@ -18,8 +18,15 @@ from stride.architectures import build, names, validate_params
 from stride.architectures.face_detector import DetectionExport, FaceDetector, select_detections
 from stride.config.schema import OptimConfig, ScheduleConfig
 from stride.errors import StrideError
-from stride.lightning_modules.detection import (IGNORED, NEGATIVE, DetectionModule, detection_loss, match_anchors,
-                                                pack_images, unpack_images)
+from stride.lightning_modules.detection import (
+    IGNORED,
+    NEGATIVE,
+    DetectionModule,
+    detection_loss,
+    match_anchors,
+    pack_images,
+    unpack_images,
+)
 
 TINY = dict(head_channels=16, head_blocks=1)  # small heads: seconds, not minutes, on a CPU
 IMAGE_PX = 48  # the synthetic image's side

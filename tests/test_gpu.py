@@ -139,8 +139,8 @@ def train_rank(rank: int, world: int, port: int, config_dict: dict[str, Any], ou
 
 def test_ddp_over_every_gpu_or_two_ranks_sharing_one(digits_shards, tmp_path, figures):
     import torch.multiprocessing as mp
-
     from conftest import free_port
+
     from stride.config.loading import config_to_dict
 
     world = max(2, torch.cuda.device_count() if ON_GPU else 0)

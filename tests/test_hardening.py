@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_data import tiny_dataset
 
 from stride.datamodules.manifest import read_manifest, sha256_of, verify_shards
 from stride.datamodules.swap import journal_path
 from stride.errors import StrideError
 from stride.registry.samples import write_sample_images
-from tiny_data import tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,7 +186,8 @@ def test_an_unanswering_tracking_server_fails_within_seconds():
         assert time.monotonic() - started < REACHABLE_TIMEOUT_S + 2
 
 
-@pytest.mark.parametrize("override, key", [("optim.lr=.inf", "optim.lr"), ("optim.weight_decay=.nan", "optim.weight_decay"),
+@pytest.mark.parametrize("override, key", [("optim.lr=.inf", "optim.lr"),
+                                           ("optim.weight_decay=.nan", "optim.weight_decay"),
                                            ("model.channels=.inf", "model.channels"),
                                            ("schedule.gamma=-.inf", "schedule.gamma")])
 def test_non_finite_numbers_in_configs_are_refused(override, key):

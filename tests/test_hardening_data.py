@@ -14,18 +14,17 @@ import tarfile
 import textwrap
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
+from tiny_data import tiny_dataset
 
 from stride.datamodules.manifest import manifest_sha256, read_manifest
 from stride.datamodules.swap import journal_path
 from stride.errors import StrideError
-from tiny_data import tiny_dataset
-
 
 # -- swap journals: recovery touches only the siblings it made, holding the datasets it recorded ----------
 
@@ -243,8 +242,9 @@ def test_absurd_idx_dimensions_are_multiplied_right_and_refused_from_the_header(
 
 
 def test_a_folder_named_like_an_idx_file_is_called_a_folder(tmp_path):
-    from stride.datamodules.sources.mnist_idx import prepare_mnist_like
     from idx_files import write_mnist_folder
+
+    from stride.datamodules.sources.mnist_idx import prepare_mnist_like
 
     write_mnist_folder(tmp_path / "raw", train=20, test=10)
     (tmp_path / "raw" / "t10k-images-idx3-ubyte.gz").unlink()

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import EpsImagePlugin, Image
+from test_hardening import replace_shard
+from test_registry_support import stride
+from tiny_data import tiny_dataset
 
 from stride.errors import StrideError
 from stride.pipelines.disk_full import disk_full_message
 from stride.registry.evaluation import evaluate_network
 from stride.serving import TensorSpec, get_serving
 from stride.tasks import get_task
-from test_hardening import replace_shard
-from test_registry_support import stride
-from tiny_data import tiny_dataset
 
 CLASSIFIER = get_task("classification")
 
@@ -199,7 +199,8 @@ def test_evaluate_names_the_shard_and_sample_of_a_misshapen_member(tmp_path):
     network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2), torch.nn.Softmax(dim=1))
     with pytest.raises(StrideError, match=rf"shard {dataset / 'test-000000.tar'}, sample 's1': \.png has shape "
                                           r"\[1, 4, 5\]; the manifest's sample_schema gives \[1, 4, 4\]"):
-        evaluate_network(get_serving("classification"), network, CLASSIFIER.evaluation_data(dataset), "test", input_shape=(1, 4, 4))
+        evaluate_network(get_serving("classification"), network, CLASSIFIER.evaluation_data(dataset), "test",
+                         input_shape=(1, 4, 4))
 
 
 # -- a full disk ---------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ import gzip
 
 import numpy as np
 import pytest
-
 from idx_files import idx_bytes, write_mnist_folder
+
 from stride.datamodules.manifest import read_manifest, verify_shards
 from stride.datamodules.sources.mnist_idx import prepare_mnist_like
 from stride.datamodules.streaming import decode_member, iter_shard
@@ -67,7 +67,8 @@ def test_defects_are_named(tmp_path):
     (tmp_path / "moved.gz").rename(raw / "t10k-labels-idx1-ubyte.gz")
 
     corrupt(raw, "train-images-idx3-ubyte", idx_bytes(arrays["train-labels-idx1-ubyte"]))
-    with pytest.raises(StrideError, match=r"train-images-idx3-ubyte: wrong IDX magic number 0x00000801, expected 0x00000803"):
+    with pytest.raises(StrideError,
+                       match=r"train-images-idx3-ubyte: wrong IDX magic number 0x00000801, expected 0x00000803"):
         prepare_mnist_like("mnist", raw, out, val_size=10)
 
     (raw / "train-images-idx3-ubyte").write_bytes(idx_bytes(arrays["train-images-idx3-ubyte"])[:-100])

@@ -10,21 +10,21 @@ import io
 import json
 import sys
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from test_registry_support import registry_state, stride
 
 from stride.registry import load_model, promote_best, write_sample_images
 from stride.registry.verified_models import EXPORTED_PROGRAM
-from stride.tracking.digests import file_sha256, folder_digests
 from stride.tracking.contract import MODEL_FILES_TAG, MODULE_ARTIFACT, MODULE_SHA256_TAG
-from test_registry_support import registry_state, stride
+from stride.tracking.digests import file_sha256, folder_digests
 
 pytestmark = pytest.mark.slow  # end to end: real Lightning and a real MLflow server
 

@@ -18,8 +18,8 @@ import mlflow
 import psutil
 import pytest
 import yaml
-
 from conftest import free_port
+
 from stride.config import load_config
 from stride.datamodules.manifest import read_manifest
 from stride.errors import StrideError
@@ -191,7 +191,7 @@ def test_spread_trial_survives_a_lost_node_and_submit_runs_on_the_cluster(two_no
     for report in epoch_reports():
         report["node"] = cluster.names[report["node"]]
         by_epoch.setdefault(report["epoch"], []).append(report)
-    for epoch, ranks in by_epoch.items():
+    for ranks in by_epoch.values():
         assert sorted(r["rank"] for r in ranks) == [0, 1] and {r["world"] for r in ranks} == {2}, ranks
         first, second = (set(r["shards"]) for r in ranks)
         assert not first & second and first | second == train_shards, ranks  # disjoint, and all of them

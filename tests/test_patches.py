@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from cifar_files import read_split
+
 from stride.datamodules.sources.patches import PHOTOGRAPHS, band_of, load_photographs, make_patches, region_of
 
 SIZES = {"train": 300, "val": 100, "test": 100}

@@ -14,10 +14,10 @@ from pathlib import Path
 import pgserver
 import pytest
 import yaml
+from conftest import running_mlflow_server
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import running_mlflow_server
 from stride.pipelines.cli import main
 
 pytestmark = pytest.mark.slow

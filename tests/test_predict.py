@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import free_port
 from PIL import Image
+from test_registry_support import TrainedRuns, runs, stride  # noqa: F401 (fixture)
 
 from stride.registry import predict_files, promote_best, write_sample_images
-from test_registry_support import TrainedRuns, runs, stride  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
 

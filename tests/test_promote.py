@@ -14,13 +14,13 @@ import mlflow
 import pytest
 from conftest import free_port
 from mlflow import MlflowClient
+from test_registry_support import TrainedRuns, registry_state, runs, stride  # noqa: F401 (fixture)
 
 from stride.datamodules.manifest import manifest_sha256
 from stride.errors import StrideError
 from stride.registry import promote_best
 from stride.registry.lock import lock_name, registry_lock
 from stride.tracking.contract import LOCK_EXPIRES_TAG, LOCK_OWNER_TAG, LOCK_TAG
-from test_registry_support import TrainedRuns, registry_state, runs, stride  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
 

@@ -36,8 +36,9 @@ def is_loopback(address: str) -> bool:
 
 
 def test_an_embedded_search_binds_every_port_to_loopback(tmp_path: Path, digits_shards: Path):
-    spec = {"base": "digits-cnn", "overrides": [f"data.path={digits_shards}", "model.channels=4", "trainer.max_epochs=2",
-                                                "data.batch_size=128", "tracking.log_model=false"],
+    spec = {"base": "digits-cnn", "overrides": [f"data.path={digits_shards}", "model.channels=4",
+                                                "trainer.max_epochs=2", "data.batch_size=128",
+                                                "tracking.log_model=false"],
             "space": {"optim.lr": {"grid": [0.05, 0.02]}}, "num_samples": 1, "scheduler": "fifo"}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from test_registry_support import TrainedRuns, runs, stride  # noqa: F401 (fixture)
 
 from stride.datamodules.image_shards import write_image_classification
 from stride.registry import promote_best
-from test_registry_support import TrainedRuns, runs, stride  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
 

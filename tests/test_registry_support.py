@@ -37,7 +37,7 @@ class TrainedRuns:
     experiment: str
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained_runs(tracking_uri: str, shards: Path, workdir: Path) -> TrainedRuns:
     """Two real training runs, a clearly worse and a better one, trained once per test session as the trials of
     a search (nested under its parent run and tagged with its id, as `stride tune` records them)."""

@@ -29,7 +29,8 @@ def test_a_resumed_training_sees_the_order_of_its_epoch_not_epoch_0_again(cache,
     def fit(epochs: int, folder: str, resume: str | None = None) -> dict[int, list[int]]:
         config = load_config("digits-cnn", [f"data.path={digits_shards}", f"data.cache={cache}", "model.channels=4",
                                             f"data.num_workers={workers}",
-                                            "data.batch_size=128", f"trainer.max_epochs={epochs}", "trainer.limit_train_batches=2",
+                                            "data.batch_size=128", f"trainer.max_epochs={epochs}",
+                                            "trainer.limit_train_batches=2",
                                             "trainer.enable_progress_bar=false"])
         labels = FirstBatchLabels()
         train(config, callbacks=[labels], launch=Launch(checkpoint_dir=str(tmp_path / folder), resume_checkpoint=resume,

@@ -78,7 +78,8 @@ def write_npz(path: Path, **arrays) -> Path:
 
 
 def read_all(dataset: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    data = SequenceClassificationData(dataset, batch_size=2, normalize="none")  # 26 train samples: no partial batch dropped
+    # 26 train samples: no partial batch dropped
+    data = SequenceClassificationData(dataset, batch_size=2, normalize="none")
     data.setup("test")
     batches = list(data.loader(split))
     return (torch.cat([x for x, _ in batches]).numpy(), torch.cat([y for _, y in batches]).numpy())
@@ -120,7 +121,8 @@ def test_npz_explicit_splits_and_class_names_train_end_to_end(tmp_path, mlflow_s
     config = load_config("tcn-digits", [f"data.path={tmp_path / 'seq'}", "model.channels=8", "model.num_blocks=3",
                                         "model.kernel_size=3", "trainer.max_epochs=6", "data.batch_size=16",
                                         "optim.lr=0.01", "schedule.warmup=none",
-                                        f"trainer.checkpoint_dir={tmp_path / 'ckpt'}", "trainer.enable_progress_bar=false",
+                                        f"trainer.checkpoint_dir={tmp_path / 'ckpt'}",
+                                        "trainer.enable_progress_bar=false",
                                         "tracking.experiment=tests-sequences", "tracking.log_model=false"])
     from stride.pipelines.train import train_and_record as train
 

@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-
 from idx_files import write_mnist_folder
+
 from stride.datamodules.image_classification import ImageClassificationData
 from stride.datamodules.manifest import read_manifest, verify_shards
 from stride.datamodules.sources.digits import prepare_digits

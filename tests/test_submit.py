@@ -12,7 +12,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -49,7 +48,8 @@ def ray_head():
          # every other fixed default port too (52365, 10001, ...): a leftover or parallel Ray holding one must not
          # make this head fail to start
          *(item for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--ray-client-server-port",
-                             "--runtime-env-agent-port", "--metrics-export-port") for item in (flag, str(free_port())))],
+                             "--runtime-env-agent-port", "--metrics-export-port")
+           for item in (flag, str(free_port())))],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     try:

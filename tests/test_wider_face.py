@@ -9,8 +9,15 @@ import pytest
 from PIL import Image
 
 from stride.datamodules.manifest import read_manifest, verify_shards
-from stride.datamodules.sources.faces import (Assets, EVENTS, astronaut_face, compose_image, prepare_faces, render,
-                                              write_composed_wider)
+from stride.datamodules.sources.faces import (
+    EVENTS,
+    Assets,
+    astronaut_face,
+    compose_image,
+    prepare_faces,
+    render,
+    write_composed_wider,
+)
 from stride.datamodules.sources.wider_eval_mat import read_wider_eval, write_wider_eval
 from stride.datamodules.sources.wider_face import parse_bbx_gt, parse_landmark_labels, prepare_wider_face
 from stride.datamodules.streaming import decode_member, iter_shard

@@ -15,8 +15,13 @@ from mlflow.tracking import MlflowClient
 from stride.errors import StrideError
 from stride.serving import get_serving
 from stride.tasks import DataFacts
-from stride.tracking.contract import (DEFERRED_MODEL_TAG, EXPORTED_LATER_TAG, MODEL_URI_TAG, MODULE_ARTIFACT,
-                                      MODULE_SHA256_TAG)
+from stride.tracking.contract import (
+    DEFERRED_MODEL_TAG,
+    EXPORTED_LATER_TAG,
+    MODEL_URI_TAG,
+    MODULE_ARTIFACT,
+    MODULE_SHA256_TAG,
+)
 from stride.tracking.digests import download_verified
 from stride.tracking.models import log_exported
 from stride.training.checkpoints import load_module

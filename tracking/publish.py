@@ -16,8 +16,15 @@ import torch
 
 from stride.serving import get_serving
 from stride.tasks import get_task
-from stride.tracking.contract import (BEST_CHECKPOINT_TAG, DEFERRED_MODEL_TAG, MODEL_URI_TAG, MODULE_ARTIFACT,
-                                      MODULE_SHA256_TAG, PLOTS_FOLDER, best_metric)
+from stride.tracking.contract import (
+    BEST_CHECKPOINT_TAG,
+    DEFERRED_MODEL_TAG,
+    MODEL_URI_TAG,
+    MODULE_ARTIFACT,
+    MODULE_SHA256_TAG,
+    PLOTS_FOLDER,
+    best_metric,
+)
 from stride.tracking.digests import file_sha256
 from stride.tracking.models import log_exported
 from stride.tracking.run import MlflowRun

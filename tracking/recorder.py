@@ -19,9 +19,20 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger, MLFlowLogger
 
 from stride.config.loading import config_to_dict, config_to_yaml, flatten
-from stride.tracking.contract import (CONFIG_ARTIFACT, DATASET_CONTEXT_TAG, DATASET_DIGEST_CHARS, DATASET_NAME_TAG,
-                                      DATASET_PATH_TAG, DATASET_SHA256_TAG, EPOCH_TIME_METRIC, MAX_PARAM_CHARS,
-                                      MAX_PERTURBED_CHARS, NUM_PARAMS_PARAM, PERTURBED_PREFIX, TRAINING_CONTEXT)
+from stride.tracking.contract import (
+    CONFIG_ARTIFACT,
+    DATASET_CONTEXT_TAG,
+    DATASET_DIGEST_CHARS,
+    DATASET_NAME_TAG,
+    DATASET_PATH_TAG,
+    DATASET_SHA256_TAG,
+    EPOCH_TIME_METRIC,
+    MAX_PARAM_CHARS,
+    MAX_PERTURBED_CHARS,
+    NUM_PARAMS_PARAM,
+    PERTURBED_PREFIX,
+    TRAINING_CONTEXT,
+)
 from stride.tracking.run import MlflowRun
 from stride.tracking.store import fluent_tracking_uri
 

@@ -23,9 +23,21 @@ from mlflow.tracking import MlflowClient
 
 from stride import __version__
 from stride.config.schema import StrideConfig
-from stride.tracking.contract import (ARCHITECTURE_TAG, ENDED_BY_TAG, GIT_COMMIT_TAG, HOST_TAG, PARENT_TAG, PHASES,
-                                      PID_TAG, PROCESS_STARTED_TAG, RECIPE_TAG, TASK_TAG, VERSION_TAG,
-                                      WALL_TIME_METRIC, phase_time_metric)
+from stride.tracking.contract import (
+    ARCHITECTURE_TAG,
+    ENDED_BY_TAG,
+    GIT_COMMIT_TAG,
+    HOST_TAG,
+    PARENT_TAG,
+    PHASES,
+    PID_TAG,
+    PROCESS_STARTED_TAG,
+    RECIPE_TAG,
+    TASK_TAG,
+    VERSION_TAG,
+    WALL_TIME_METRIC,
+    phase_time_metric,
+)
 from stride.tracking.store import ensure_experiment
 
 
@@ -128,7 +140,7 @@ class MlflowRun:
                                                         for key, value in self.phase_times(now).items()])
         self.client.set_terminated(self.run_id, status)
 
-    def __enter__(self) -> "MlflowRun":
+    def __enter__(self) -> MlflowRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -12,8 +12,8 @@ import os
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 from mlflow.tracking import MlflowClient

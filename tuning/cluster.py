@@ -14,9 +14,9 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 from urllib.parse import urlparse
 
 from stride.errors import StrideError

@@ -21,8 +21,8 @@ from stride.names import safe_filename
 from stride.tracking.store import check_reachable, resolve_tracking_uri
 from stride.training import open_datamodule
 from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
-from stride.tuning.runs import find_run
 from stride.tuning.job import TrainingJob, train_in_ray
+from stride.tuning.runs import find_run
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:

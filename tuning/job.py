@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pytorch_lightning as pl
 
@@ -47,8 +47,7 @@ def train_in_ray(job: TrainingJob, *, distributed: bool) -> None:
     """The body of a single-process trial (`distributed=False`) or of one Ray Train worker."""
     if distributed:
         import ray.train
-        from ray.train.lightning import (RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback,
-                                         prepare_trainer)
+        from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
 
         rank = ray.train.get_context().get_world_rank()
         report: pl.Callback = RayTrainReportCallback()
@@ -75,7 +74,8 @@ def train_in_ray(job: TrainingJob, *, distributed: bool) -> None:
         if rank == 0:
             run = stack.enter_context(MlflowRun(
                 job.tracking_uri, job.config, run_name=job.run_name, parent_run_id=job.parent_run_id,
-                tags={**job.tags, RUN_KEY_TAG: job.run_key}, run_id=find_run(job.tracking_uri, job.config, job.run_key)))
+                tags={**job.tags, RUN_KEY_TAG: job.run_key},
+                run_id=find_run(job.tracking_uri, job.config, job.run_key)))
             recorder = RunRecorder(run)
             callbacks, loggers = [*recorder.callbacks, *callbacks], recorder.loggers
             launch.checkpoint_dir = str(Path(job.config.trainer.checkpoint_dir) / run.run_id)

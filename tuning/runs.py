@@ -16,9 +16,20 @@ from ray import tune
 
 from stride import __version__
 from stride.config.schema import StrideConfig
-from stride.tracking.contract import (KIND_TAG, MAX_PARAM_CHARS, RUN_KEY_TAG, SEARCH_ID_TAG, SEARCH_KIND,
-                                      SEARCH_NAME_TAG, SEARCH_PARAM_PREFIX, SEARCH_SPEC_ARTIFACT, SEARCH_SPEC_TAG,
-                                      SPACE_PARAM_PREFIX, TRIAL_ID_TAG, VERSION_TAG)
+from stride.tracking.contract import (
+    KIND_TAG,
+    MAX_PARAM_CHARS,
+    RUN_KEY_TAG,
+    SEARCH_ID_TAG,
+    SEARCH_KIND,
+    SEARCH_NAME_TAG,
+    SEARCH_PARAM_PREFIX,
+    SEARCH_SPEC_ARTIFACT,
+    SEARCH_SPEC_TAG,
+    SPACE_PARAM_PREFIX,
+    TRIAL_ID_TAG,
+    VERSION_TAG,
+)
 from stride.tracking.store import ensure_experiment
 
 

@@ -12,19 +12,20 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
 from stride.errors import StrideError
 from stride.names import plain_name, safe_filename
+from stride.tasks import get_task
 from stride.tracking.contract import BEST_RUN_ID_TAG, BEST_TRIAL_ID_TAG, LEADERBOARD_ARTIFACT, PLOTS_FOLDER, best_metric
 from stride.tracking.run import fail_dead_runs
 from stride.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
-from stride.tasks import get_task
 from stride.training import open_datamodule
 from stride.tuning import leaderboard, runs
 from stride.tuning.cluster import TrialResources, max_concurrency, ray_session

@@ -135,7 +135,7 @@ class ResolvedSearch:
                 "base_source": self.base_source}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ResolvedSearch":
+    def from_dict(cls, data: dict[str, Any]) -> ResolvedSearch:
         spec = SearchSpec.model_validate(data["spec"])
         dims = [parse_dimension(key, value, data["source"]) for key, value in spec.space.items()]
         return cls(spec, data["source"], dims, data["base_raw"], data["base_source"])

@@ -7,9 +7,10 @@ whose workers run the same body (`tuning.job.train_in_ray`) under Ray's DDP stra
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 

@@ -48,6 +48,6 @@ def prepare_digits(out_dir: str | Path, *, val_size: int = 180, test_size: int =
         class_names=[str(d) for d in range(10)],
         source={"kind": "builtin", "package": "scikit-learn", "loader": "sklearn.datasets.load_digits",
                 "original_size_px": 8, "resized_to_px": size_px},
-        parameters={"val_size": val_size, "test_size": test_size, "seed": seed, "encoding": encoding, "size_px": size_px,
-                    "samples_per_shard": samples_per_shard},
+        parameters={"val_size": val_size, "test_size": test_size, "seed": seed, "encoding": encoding,
+                    "size_px": size_px, "samples_per_shard": samples_per_shard},
         encoding=encoding, samples_per_shard=samples_per_shard, overwrite=overwrite)

@@ -16,9 +16,10 @@ scipy.io reads a cell as a numpy object array (and writes an object array as a c
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -215,7 +216,7 @@ def write_wider_eval(folder: str | Path, boxes: Mapping[str, np.ndarray],
     folder.mkdir(parents=True, exist_ok=True)
     _save(folder / FACES_FILE, listed)
     for subset, file_name in SUBSET_FILES.items():
-        def indices(file: str) -> np.ndarray:
+        def indices(file: str, subset: str = subset) -> np.ndarray:
             mask = np.asarray(subsets[subset][file], dtype=bool)
             if mask.shape != (len(matrices[file]),):
                 raise ValueError(f"subset {subset}, {file}: {mask.shape[0]} flags for {len(matrices[file])} faces")

@@ -25,10 +25,11 @@ import io
 import json
 import logging
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -254,7 +255,7 @@ class WiderSource:
         for archive in self.archives.values():
             archive.close()
 
-    def __enter__(self) -> "WiderSource":
+    def __enter__(self) -> WiderSource:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -7,9 +7,10 @@ override) and the dotted key, and lists the allowed values where there is a fini
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pydantic
 import yaml

@@ -69,7 +69,7 @@ class ScheduleConfig(Section):
     warmup_factor: PositiveFloat = 10.0
 
     @model_validator(mode="after")
-    def _check(self) -> "ScheduleConfig":
+    def _check(self) -> ScheduleConfig:
         if any(not 0 < m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing fractions of training in (0, 1), got {self.milestones}")
         if self.warmup_milestones != sorted(self.warmup_milestones):

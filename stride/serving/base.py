@@ -72,11 +72,11 @@ class Serving(ABC):
     labels_artifact: ClassVar[str | None] = None
 
     @abstractmethod
-    def export(self, module: "pl.LightningModule", facts: DataFacts) -> ExportedModel:
+    def export(self, module: pl.LightningModule, facts: DataFacts) -> ExportedModel:
         """The inference network that the MLflow model holds."""
 
     @abstractmethod
-    def evaluate(self, network: nn.Module, data: "ShardedDataModule", split: str, model: str) -> Evaluation:
+    def evaluate(self, network: nn.Module, data: ShardedDataModule, split: str, model: str) -> Evaluation:
         """Run an exported network over `split` of `data`."""
 
     @abstractmethod
@@ -106,7 +106,7 @@ class Serving(ABC):
         """Pictures of the predictions (`stride predict --out DIR`), for tasks that have something to draw."""
         raise StrideError(f"task {self.task!r} draws no predictions; leave out --out")
 
-    def decoder(self, module: "pl.LightningModule", **options: Any) -> nn.Module:
+    def decoder(self, module: pl.LightningModule, **options: Any) -> nn.Module:
         """An eager inference network (CPU, eval) with options the logged model fixes, e.g. a captioner's
         beam size (`stride predict --beam-size`); it takes and returns what the logged model does."""
         raise StrideError(f"task {self.task!r} takes no decoding options ({', '.join(options)})")

@@ -21,9 +21,9 @@ Pillow itself hands back 16-bit colour PNGs as 8-bit RGB.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -61,7 +61,8 @@ def open_image(path: Path, max_pixels: int) -> Iterator[Image.Image]:
                                   f"{max_pixels:,} (a decompression bomb?); raise --max-pixels if it is real")
             yield image
     except Image.DecompressionBombError as err:  # PIL's own limit, checked while reading the header
-        raise StrideError(f"{path}: refused as a decompression bomb ({err}); raise --max-pixels if it is real") from None
+        raise StrideError(f"{path}: refused as a decompression bomb ({err}); "
+                          "raise --max-pixels if it is real") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise StrideError(f"{path}: not a readable {decoder} image ({err})") from None
     finally:

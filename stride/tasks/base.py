@@ -37,7 +37,7 @@ class DataFacts:
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # per-channel (mean, std)
 
     @classmethod
-    def of(cls, datamodule: "ShardedDataModule") -> "DataFacts":
+    def of(cls, datamodule: ShardedDataModule) -> DataFacts:
         norm = datamodule.normalization
         return cls(datamodule.manifest.task, tuple(datamodule.input_shape), datamodule.num_classes,
                    tuple(datamodule.class_names),
@@ -50,7 +50,7 @@ class DataFacts:
                 if self.normalization else None}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DataFacts":
+    def from_dict(cls, data: dict[str, Any]) -> DataFacts:
         norm = data.get("normalization")
         return cls(data["manifest_task"], tuple(data["input_shape"]), int(data["num_classes"]),
                    tuple(data.get("class_names", ())), (tuple(norm[0]), tuple(norm[1])) if norm else None)
@@ -61,7 +61,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     # the config this task trains from: a StrideConfig subclass whose `data` holds the task's own options
-    config_class: ClassVar[type["StrideConfig"]]
+    config_class: ClassVar[type[StrideConfig]]
     # the manifest tasks (dataset kinds) this task can train on
     dataset_tasks: ClassVar[tuple[str, ...]]
     # which model is better: `val_<quality>` while training, `<split>_<quality>` when evaluating
@@ -76,31 +76,31 @@ class Task(ABC):
 
     # -- training ---------------------------------------------------------------------------
     @abstractmethod
-    def datamodule(self, config: "StrideConfig", **overrides: Any) -> "ShardedDataModule":
+    def datamodule(self, config: StrideConfig, **overrides: Any) -> ShardedDataModule:
         """The datamodule reading `config.data.path` (checks its manifest, not yet its shards)."""
 
     @abstractmethod
-    def module(self, config: "StrideConfig", facts: DataFacts) -> "pl.LightningModule":
+    def module(self, config: StrideConfig, facts: DataFacts) -> pl.LightningModule:
         """A fresh LightningModule; it records `config` and `facts` so its checkpoints rebuild it."""
 
     @abstractmethod
-    def figures(self, module: "pl.LightningModule", facts: DataFacts, history: list[dict[str, float]],
+    def figures(self, module: pl.LightningModule, facts: DataFacts, history: list[dict[str, float]],
                 folder: Path, title: str) -> list[Path]:
         """PNG files to log with a finished run (after testing the best checkpoint)."""
 
     @abstractmethod
-    def batch_loss(self, network: nn.Module, batch: Any, forward: Any = None) -> "torch.Tensor":
+    def batch_loss(self, network: nn.Module, batch: Any, forward: Any = None) -> torch.Tensor:
         """The training loss of one batch as the datamodule hands it to the module (on the device), computed
         as the task's module computes it: for loops outside Lightning (`stride bench`'s bare loop).
         `forward`: what to call instead of `network` (its compiled forward)."""
 
     @abstractmethod
-    def evaluation_data(self, path: str | Path, input_shape: tuple[int, ...] | None = None) -> "ShardedDataModule":
+    def evaluation_data(self, path: str | Path, input_shape: tuple[int, ...] | None = None) -> ShardedDataModule:
         """A datamodule that reads a dataset for evaluation, every sample once; `input_shape` is the model's,
         for tasks that resize stored images to what the network takes (detection, captioning)."""
 
 
-def datamodule_arguments(config: "StrideConfig") -> dict[str, Any]:
+def datamodule_arguments(config: StrideConfig) -> dict[str, Any]:
     """The `data` options every task's datamodule takes the same way."""
     from stride.datamodules.workers import loader_workers
 
@@ -112,7 +112,7 @@ def datamodule_arguments(config: "StrideConfig") -> dict[str, Any]:
                 cache_budget_bytes=data.cache_budget_mb and data.cache_budget_mb * 2**20)
 
 
-def checked_datamodule_arguments(task: Task, config: "StrideConfig", prepare_with: str,
+def checked_datamodule_arguments(task: Task, config: StrideConfig, prepare_with: str,
                                  **overrides: Any) -> dict[str, Any]:
     """The datamodule arguments of a task over stored images (detection, captioning), after refusing a dataset
     of another kind (`prepare_with` says which commands make one)."""
@@ -125,7 +125,7 @@ def checked_datamodule_arguments(task: Task, config: "StrideConfig", prepare_wit
     return {**datamodule_arguments(config), **overrides}
 
 
-def network_taking_pixels(config: "StrideConfig", facts: DataFacts) -> nn.Module:
+def network_taking_pixels(config: StrideConfig, facts: DataFacts) -> nn.Module:
     """The registry's network with the data's normalisation folded in, so the logged model takes [0, 1] pixels."""
     from stride.architectures import build
     from stride.lightning_modules.normalize import Normalize

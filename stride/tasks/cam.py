@@ -12,9 +12,10 @@ the predicted and the true class (sec. 5.1.2).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -152,8 +153,8 @@ def explain(head: CamHead, inputs: torch.Tensor, *, top_k: int = 1,
 
 
 # -- the grid a training run logs ------------------------------------------------------------------
-def plot_test_split_cams(module: "pl.LightningModule", open_data: Callable[[str], "ShardedDataModule"],
-                         facts: "DataFacts", folder: Path, title: str,
+def plot_test_split_cams(module: pl.LightningModule, open_data: Callable[[str], ShardedDataModule],
+                         facts: DataFacts, folder: Path, title: str,
                          threshold: float = DEFAULT_THRESHOLD) -> list[Path]:
     """`[folder/GRID_FILE]`: the first test images classified right (CAM of their class) and the first
     mistakes (CAM of the predicted class, then of the true one, sec. 5.1.2); [] when the network has no
@@ -171,7 +172,7 @@ def plot_test_split_cams(module: "pl.LightningModule", open_data: Callable[[str]
     return []
 
 
-def _plot_test_split_cams(network: nn.Module, data: "ShardedDataModule", facts: "DataFacts", path: Path,
+def _plot_test_split_cams(network: nn.Module, data: ShardedDataModule, facts: DataFacts, path: Path,
                           title: str, threshold: float) -> list[Path]:
     head = find_cam_head(network)  # the network's head, in evaluation mode
     parameter = next(network.parameters())  # inputs as the weights are: 64-true trains in float64

@@ -24,7 +24,7 @@ from stride.datamodules.captioning import CaptioningData
 from stride.errors import StrideError
 from stride.lightning_modules.captioning import CaptioningModule, caption_loss
 from stride.plots import plot_learning_curves
-from stride.tasks.base import (DataFacts, Task, checked_datamodule_arguments, network_taking_pixels, register_task)
+from stride.tasks.base import DataFacts, Task, checked_datamodule_arguments, network_taking_pixels, register_task
 
 DEFAULT_IMAGE_SIZE = 224  # the study's encoder input (docs/models.md, A4)
 EVAL_BATCH_SIZE = 32

@@ -20,15 +20,15 @@ from stride.architectures import build
 from stride.config.loading import config_to_dict
 from stride.config.schema import DataConfig, Section, StrideConfig
 from stride.datamodules.image_classification import ImageClassificationData
-from stride.datamodules.sharded import ShardedDataModule
 from stride.datamodules.manifest import read_manifest
 from stride.datamodules.sequence_classification import SequenceClassificationData
+from stride.datamodules.sharded import ShardedDataModule
 from stride.errors import StrideError
 from stride.lightning_modules.classification import ClassificationModule, classification_loss
 from stride.lightning_modules.normalize import Normalize
 from stride.lightning_modules.sequence_view import SequenceView
 from stride.plots import plot_confusion_matrix, plot_learning_curves
-from stride.tasks.base import (DataFacts, Task, datamodule_arguments, register_task)
+from stride.tasks.base import DataFacts, Task, datamodule_arguments, register_task
 from stride.tasks.cam import plot_test_split_cams
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from stride.detection_plots import plot_detections, plot_precision_recall
 from stride.lightning_modules.detection import DetectionModule, detection_loss
 from stride.metrics.detection_ap import wider_face_ap
 from stride.plots import plot_learning_curves
-from stride.tasks.base import (DataFacts, Task, checked_datamodule_arguments, network_taking_pixels, register_task)
+from stride.tasks.base import DataFacts, Task, checked_datamodule_arguments, network_taking_pixels, register_task
 
 DEFAULT_IMAGE_SIZE = 512  # the seed trains at 512 x 512 (docs/models.md, A3)
 EVAL_BATCH_SIZE = 8
@@ -89,7 +89,8 @@ class DetectionTask(Task):
 
     def module(self, config: StrideConfig, facts: DataFacts) -> DetectionModule:
         description = {"config": config_to_dict(config), "data": facts.as_dict()}
-        return DetectionModule(network_taking_pixels(config, facts), config.optim, config.schedule, description=description)
+        return DetectionModule(network_taking_pixels(config, facts), config.optim, config.schedule,
+                               description=description)
 
     def figures(self, module: DetectionModule, facts: DataFacts, history: list[dict[str, float]],
                 folder: Path, title: str) -> list[Path]:

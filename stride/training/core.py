@@ -13,9 +13,10 @@ import os
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
@@ -37,7 +38,8 @@ from stride.training.speed import apply_speed_options, resolve_precision
 # themselves across loader workers (so their __len__ is exact), and Lightning's own pytree use.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
+warnings.filterwarnings("ignore",
+                        message=r"The number of training batches \(\d+\) is smaller than the logging interval")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""What the `auto` speed options mean on the machine at hand, shared by the training core and the bare loop of `stride bench`.
+"""What the `auto` speed options mean on the machine at hand, shared by the training core and the bare loop of
+`stride bench`.
 
 - precision `auto`: bf16-mixed on CUDA GPUs that support it (Ampere and later), 32-true
   elsewhere (bf16 on a CPU is slower than float32, and fp16 needs loss scaling);
@@ -9,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
