@@ -103,6 +103,10 @@ def run_command(args: argparse.Namespace) -> int:
     from stride.benchmarking import run_benchmark
     from stride.benchmarking.synthetic import write_synthetic_images
 
+    if args.tracking_uri:  # an unusable store fails now, not after the measurements
+        from stride.tracking.store import check_reachable
+
+        check_reachable(args.tracking_uri)
     if args.search:
         if args.recipe or args.config:
             raise StrideError("--search runs a search spec; give no recipe or --config with it")

@@ -32,6 +32,11 @@ def resolve_tracking_uri(explicit: str | None = None, workdir: str | Path | None
     return f"sqlite:///{Path(workdir or Path.cwd()).absolute() / LOCAL_DB}"
 
 
+def is_file_store(uri: str) -> bool:
+    """A folder of run files (`file:` URI or a plain path), MLflow's old store."""
+    return uri.startswith("file:") or "://" not in uri and not uri.startswith(("sqlite:", "databricks"))
+
+
 def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:")
 
@@ -77,7 +82,11 @@ def check_reachable(uri: str, timeout_s: float = REACHABLE_TIMEOUT_S) -> None:
     """
     if not uri.startswith(("http://", "https://")):
         if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql", "databricks")) and "://" in uri:
-            raise StrideError(f"tracking URI {uri!r}: unsupported scheme (use http(s)://, sqlite:///, file://)")
+            raise StrideError(f"tracking URI {uri!r}: unsupported scheme (use http(s)://, sqlite:///, a database URL)")
+        if is_file_store(uri) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+            raise StrideError(f"tracking URI {uri!r} is an MLflow file store, which MLflow 3 no longer opens (it is in "
+                              "maintenance mode): use sqlite:///PATH/mlflow.db (stride's default is ./mlruns.db), an "
+                              "http(s):// server, or set MLFLOW_ALLOW_FILE_STORE=true to open it anyway")
         return
     outcome: list[BaseException | int] = []
 
@@ -132,7 +141,8 @@ def set_fluent_tracking_uri(uri: str | None) -> str | None:
     before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     if before == exported:  # only the variable set it: keeping the variable keeps it
         before = None
-    mlflow.set_tracking_uri(uri)
+    # typed str | Path, but mlflow's code takes None too, and unsets the URI
+    mlflow.set_tracking_uri(uri)  # type: ignore[arg-type]
     if exported is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
