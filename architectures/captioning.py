@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from pydantic import PositiveInt
@@ -37,6 +37,7 @@ IMAGE_FEATURES = 512  # ResNet-18's global average pool
 EOS_ID = 0  # what -100 padding becomes before embedding (the vocabulary's eos_id)
 ImageConditioning = Literal["first_step", "every_step"]
 DecoderState = tuple[Tensor, ...]  # every tensor batch-first, so beams can reorder rows alike
+_Network = TypeVar("_Network", bound=nn.Module)
 
 
 def decoder_input_size(embedding_size: int, image_conditioning: ImageConditioning) -> int:
@@ -186,7 +187,7 @@ class TCNCaptioner(CaptionNetwork):
     def teacher_forced(self, features: Tensor, inputs: Tensor) -> Tensor:
         return self._logits(inputs)
 
-    def _last_logits(self, prefix: Tensor) -> tuple[Tensor, DecoderState]:
+    def _last_logits(self, prefix: Tensor) -> tuple[Tensor, Tensor]:
         prefix = prefix[:, -self.tcn.receptive_field:]
         return self.tcn.head(self.tcn.features(prefix.transpose(1, 2))[:, :, -1]), prefix
 
@@ -297,7 +298,7 @@ def beam_search(network: CaptionNetwork, features: Tensor, max_words: int, beam_
     return ids
 
 
-def folded_weight_norms(network: nn.Module) -> nn.Module:
+def folded_weight_norms(network: _Network) -> _Network:
     """A copy with every parametrised weight (weight norm) folded into a plain parameter: the same outputs, and
     the unrolled decoding loop no longer recomputes each weight at every step (a third of the traced graph).
 
@@ -309,7 +310,9 @@ def folded_weight_norms(network: nn.Module) -> nn.Module:
     folded = copy.deepcopy(network)
     for module in folded.modules():
         if parametrize.is_parametrized(module):
-            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            parametrizations = module.parametrizations
+            assert isinstance(parametrizations, nn.ModuleDict)  # what `parametrize` registers
+            values = {name: getattr(module, name).detach().clone() for name in parametrizations}
             del module._modules["parametrizations"]
             module.__class__ = module.__class__.__bases__[0]  # parametrize's generated subclass -> the original
             for name, value in values.items():

@@ -29,7 +29,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, cast
 
 import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
@@ -38,6 +38,9 @@ from torch import Tensor, nn
 from stride.architectures.anchors import AnchorGrid, BoxCoder, level_sizes
 from stride.architectures.registry import register
 from stride.errors import StrideError
+
+if TYPE_CHECKING:
+    from torchvision.models import ResNet
 
 Backbone = Literal["resnet18", "resnet34", "resnet50"]
 BACKBONE_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet34": (64, 128, 256, 512),
@@ -77,7 +80,7 @@ class InferenceSettings:
 class ResNetFeatures(nn.Module):
     """conv1-conv5 of a torchvision ResNet (its own module names, so its state dict loads as is); returns C2-C5."""
 
-    def __init__(self, resnet: nn.Module):
+    def __init__(self, resnet: ResNet):
         super().__init__()
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
@@ -189,6 +192,7 @@ class Head(nn.Module):
         self.blocks = nn.Sequential(*(_head_block(block, channels, norm) for _ in range(blocks)))
         self.predict = nn.Conv2d(channels, anchors_per_location * outputs, 3, padding=1)
         nn.init.normal_(self.predict.weight, std=HEAD_WEIGHT_STD)
+        assert self.predict.bias is not None  # nn.Conv2d has a bias by default
         with torch.no_grad():  # channel a * outputs + k: anchor a, output k
             self.predict.bias.copy_(torch.tensor(output_bias).repeat(anchors_per_location))
         self.outputs = outputs
@@ -254,8 +258,9 @@ class FaceDetector(nn.Module):
 
         The pre-NMS top-k keeps every shape static up to NMS, so the whole step traces with torch.export.
         """
-        settings = replace(self.inference, **{k: v for k, v in dict(
-            score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections).items() if v is not None})
+        overrides: dict[str, Any] = {k: v for k, v in dict(
+            score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections).items() if v is not None}
+        settings = replace(self.inference, **overrides)
         scores = self.face_scores(output.class_logits)
         top_scores, index = scores.topk(min(settings.pre_nms_top_k, scores.shape[1]), dim=1)
         deltas = output.box_deltas.float().gather(1, index.unsqueeze(-1).expand(-1, -1, 4))
@@ -358,7 +363,8 @@ def build_face_detector(
         Pyramid(in_channels, head_channels, max_level - BACKBONE_LEVELS[-1], top_down=pyramid == "fpn"),
         head(head_blocks, classes, prior_bias(classifier, num_classes, prior)),
         head(head_blocks if regression_head_blocks is None else regression_head_blocks, 4, [0.0] * 4),
-        anchor_grid, BoxCoder(tuple(box_coder_weights)), classifier, num_classes,
+        anchor_grid, BoxCoder(cast("tuple[float, float, float, float]", tuple(box_coder_weights))), classifier,
+        num_classes,
         LossSettings(loss, positive_iou, negative_iou, match_best_anchor, focal_alpha, focal_gamma, smooth_l1_beta),
         InferenceSettings(score_threshold, nms_iou, pre_nms_top_k, max_detections))
 

@@ -44,8 +44,9 @@ class PaperInception(Inception):
 class GoogLeNet(tv.GoogLeNet):
     """torchvision's GoogLeNet returning `AuxiliaryLogits` while training, plain logits otherwise."""
 
-    def eager_outputs(self, x: Tensor, aux2: Tensor, aux1: Tensor | None) -> Any:  # type: ignore[override]
+    def eager_outputs(self, x: Tensor, aux2: Tensor, aux1: Tensor | None) -> Any:
         if self.training and self.aux_logits:
+            assert aux1 is not None  # torchvision's forward runs the first auxiliary head whenever this one runs
             return AuxiliaryLogits(x, (aux1, aux2), AUX_LOSS_WEIGHT)
         return x
 

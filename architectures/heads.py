@@ -75,22 +75,22 @@ def find_cam_head(network: nn.Module) -> CamHead:
     if not isinstance(result.args[0], fx.Node):
         raise _refusal("it returns several outputs")
     node = _skip_identities(result.args[0], modules)
-    linear = modules.get(node.target) if node.op == "call_module" else None
+    linear = _called_module(node, modules)
     if isinstance(linear, nn.Linear):
-        pooled = _skip_identities(_skip_flatten(_skip_identities(node.args[0], modules), modules), modules)
+        pooled = _skip_identities(_skip_flatten(_skip_identities(_input(node), modules), modules), modules)
         if not _is_global_average_pool(pooled, modules):
             raise _refusal(f"its last linear layer `{node.target}` reads {_describe(pooled, modules)}, not a global "
                            "average pool")
-        return CamHead(_also_returning(traced, pooled.args[0]), _as_1x1_conv(linear), "gap-linear",
+        return CamHead(_also_returning(traced, _input(pooled)), _as_1x1_conv(linear), "gap-linear",
                        f"global average pool + linear `{node.target}`")
     pooled = _skip_flatten(node, modules)
     if not _is_global_average_pool(pooled, modules):
         raise _refusal(f"it ends with {_describe(node, modules)}, neither a linear layer nor a global average pool")
-    maps = pooled.args[0]
-    conv = modules.get(maps.target) if maps.op == "call_module" else None
+    maps = _input(pooled)
+    conv = _called_module(maps, modules)
     if isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.padding_mode == "zeros" and \
             not isinstance(conv.padding, str):  # else its output is used as the class maps
-        return CamHead(_also_returning(traced, maps.args[0]), conv, "class-conv",
+        return CamHead(_also_returning(traced, _input(maps)), conv, "class-conv",
                        f"class convolution `{maps.target}` + global average pool")
     return CamHead(_also_returning(traced, maps), None, "class-maps",
                    f"class maps {_describe(maps, modules)} + global average pool")
@@ -127,20 +127,38 @@ def _as_1x1_conv(linear: nn.Linear) -> nn.Conv2d:
     return conv
 
 
+def _input(node: fx.Node) -> fx.Node:
+    """The node's first argument, the value it reads: a node for every layer a head is made of."""
+    arg = node.args[0]
+    assert isinstance(arg, fx.Node), f"{node.format_node()}: its first argument is not a node"
+    return arg
+
+
+def _module_name(node: fx.Node) -> str:
+    """A call_module node's target: the called module's qualified name."""
+    assert isinstance(node.target, str), f"{node.format_node()}: a module call's target is not a name"
+    return node.target
+
+
+def _called_module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
+    """The module a call_module node calls; None for any other node."""
+    return modules.get(_module_name(node)) if node.op == "call_module" else None
+
+
 def _skip_identities(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
     """Past dropout and identities, which are the identity in evaluation mode."""
-    while (node.op == "call_module" and isinstance(modules.get(node.target), _IDENTITY_MODULES)) or \
+    while isinstance(_called_module(node, modules), _IDENTITY_MODULES) or \
             (node.op == "call_function" and node.target in _IDENTITY_FUNCTIONS):
-        node = node.args[0]
+        node = _input(node)
     return node
 
 
 def _skip_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
     """Past the N x C x 1 x 1 -> N x C reshape after pooling."""
-    if (node.op == "call_module" and isinstance(modules.get(node.target), nn.Flatten)) or \
+    if isinstance(_called_module(node, modules), nn.Flatten) or \
             (node.op == "call_function" and node.target in _FLATTEN_FUNCTIONS) or \
             (node.op == "call_method" and node.target in _FLATTEN_METHODS):
-        return node.args[0]
+        return _input(node)
     return node
 
 
@@ -150,7 +168,7 @@ def _is_global_average_pool(node: fx.Node, modules: dict[str, nn.Module]) -> boo
     if not isinstance(node, fx.Node):
         return False
     if node.op == "call_module":
-        module = modules.get(node.target)
+        module = modules.get(_module_name(node))
         if isinstance(module, nn.AdaptiveAvgPool2d):
             return _is_one(module.output_size)
         return isinstance(module, nn.AvgPool2d)
@@ -185,7 +203,7 @@ def _describe(node: object, modules: dict[str, nn.Module]) -> str:
     if not isinstance(node, fx.Node):
         return repr(node)
     if node.op == "call_module":
-        return f"{type(modules[node.target]).__name__} `{node.target}`"
+        return f"{type(modules[_module_name(node)]).__name__} `{node.target}`"
     if node.op == "call_function":
         name = getattr(node.target, "__name__", str(node.target))
         return f"{'indexing' if node.target is operator.getitem else name}(...)"

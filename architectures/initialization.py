@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 from torch import nn
 
 _WEIGHTED = (nn.Conv2d, nn.Linear)
+_Network = TypeVar("_Network", bound=nn.Module)
 
 
-def he_normal_(network: nn.Module, conv_mode: Literal["fan_in", "fan_out"] = "fan_in") -> nn.Module:
+def he_normal_(network: _Network, conv_mode: Literal["fan_in", "fan_out"] = "fan_in") -> _Network:
     """He et al. 2015: weights ~ N(0, 2/n), biases 0.
 
     n is a convolution's fan-in (the CUDA thesis, eq. A.57: "incoming weight connections")
@@ -25,7 +26,7 @@ def he_normal_(network: nn.Module, conv_mode: Literal["fan_in", "fan_out"] = "fa
     return network
 
 
-def gaussian_(network: nn.Module, std: float) -> nn.Module:
+def gaussian_(network: _Network, std: float) -> _Network:
     """Weights ~ N(0, std^2) and biases 0 (NiN, Table 4.2 of the CNN dissertation: std 0.05)."""
     for module in network.modules():
         if isinstance(module, _WEIGHTED):

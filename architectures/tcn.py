@@ -96,7 +96,7 @@ def tcn_receptive_field(**hyperparams: Any) -> int:
                            CONVS_PER_BLOCK[p["block"]])
 
 
-def _maybe_norm(conv: nn.Conv1d, weight_norm: bool) -> nn.Module:
+def _maybe_norm(conv: nn.Conv1d, weight_norm: bool) -> nn.Conv1d:
     return _weight_norm(conv) if weight_norm else conv
 
 

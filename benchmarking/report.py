@@ -124,6 +124,11 @@ def best(runs: list[Throughput]) -> dict[str, Any]:
     return {**fastest.as_dict(), "runs_samples_per_s": [round(run.samples_per_s, 3) for run in runs]}
 
 
+def cpu_seconds(run: Throughput) -> float:
+    assert run.cpu_seconds is not None, "both training loops measure CPU time"
+    return run.cpu_seconds
+
+
 def run_benchmark(config: StrideConfig, *, steps: int = 100, warmup_steps: int = 10, repeats: int = 1,
                   workers: Sequence[int] | None = None, loader_batches: int | None = None,
                   tracking_uri: str | None = None, command: str = "", record: bool = True) -> BenchReport:
@@ -161,6 +166,5 @@ def run_benchmark(config: StrideConfig, *, steps: int = 100, warmup_steps: int =
     if feeding is not None:
         report.loader_headroom = significant(feeding["samples_per_s"] / report.stride["samples_per_s"])
     if device.type == "cpu":  # the least CPU time of each, as for wall time
-        report.ratio_by_cpu_time = significant(min(r.cpu_seconds for r in bare_runs) /
-                                               min(r.cpu_seconds for r in stride_runs))
+        report.ratio_by_cpu_time = significant(min(map(cpu_seconds, bare_runs)) / min(map(cpu_seconds, stride_runs)))
     return report

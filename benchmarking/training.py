@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import move_data_to_device
 
 from stride.benchmarking.timing import Throughput, cpu_s, now_s
@@ -50,7 +51,8 @@ def stride_throughput(config: StrideConfig, *, steps: int, warmup_steps: int, tr
                                                        limit_val_batches=0, num_sanity_val_steps=0,
                                                        default_root_dir=workdir))
     with contextlib.ExitStack() as stack:
-        callbacks, loggers = [timer], []
+        callbacks: list[pl.Callback] = [timer]
+        loggers: list[Logger] = []
         if tracking_uri is not None:
             from stride.tracking.recorder import RunRecorder
             from stride.tracking.run import MlflowRun
@@ -68,13 +70,13 @@ def stride_throughput(config: StrideConfig, *, steps: int, warmup_steps: int, tr
 def build_network(config: StrideConfig) -> torch.nn.Module:
     """The network the stride path trains (normalisation folded in), built the same way."""
     facts = DataFacts.of(open_datamodule(config, num_workers=0))
-    return get_task(config.task).module(config, facts).network
+    return cast(torch.nn.Module, get_task(config.task).module(config, facts).network)
 
 
 def preloaded_batches(config: StrideConfig, device: torch.device, count: int) -> list[Any]:
     """`count` training batches on the device, as the model consumes them (no augmentation)."""
     datamodule = open_datamodule(config, num_workers=0)
-    batches = []
+    batches: list[Any] = []
     while len(batches) < count:
         for batch in datamodule.train_dataloader():
             batches.append(datamodule.on_after_batch_transfer(move_data_to_device(batch, device), 0))

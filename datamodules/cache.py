@@ -124,7 +124,7 @@ def _build(root: Path, manifest: Manifest, manifest_sha256: str, split: str, fie
         # every shard's sha256 against the manifest; once per process, so not again after setup hashed them
         verify_shards(root, manifest, [split], checksums=True)
         keys: list[str] = []
-        outputs: dict[str, np.ndarray] = {}
+        outputs: dict[str, np.memmap] = {}
         for shard in shards:
             _decode_shard(root, shard, fields, tmp, outputs, keys, total)
         for array in outputs.values():
@@ -141,7 +141,7 @@ def _build(root: Path, manifest: Manifest, manifest_sha256: str, split: str, fie
 
 
 def _decode_shard(root: Path, shard: ShardEntry, fields: tuple[str, ...], tmp: Path,
-                  outputs: dict[str, np.ndarray], keys: list[str], total: int) -> None:
+                  outputs: dict[str, np.memmap], keys: list[str], total: int) -> None:
     """Decode one (already verified) shard into the preallocated arrays, checking its sample count."""
     path = root / shard.name
     start = len(keys)
@@ -263,7 +263,10 @@ class CachedStream(IterableDataset):
         return self._tensors
 
     def __len__(self) -> int:
-        return self.batches_per_rank if self.training else math.ceil(len(self.rows) / self.batch_size)
+        if self.training:
+            assert self.batches_per_rank is not None  # counted whenever training
+            return self.batches_per_rank
+        return math.ceil(len(self.rows) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         tensors = self._materialise()
@@ -271,6 +274,7 @@ class CachedStream(IterableDataset):
         if self.training:
             generator = torch.Generator(device=self.device)
             generator.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + self.rank) % 2**63)
+            assert self.batches_per_rank is not None  # counted whenever training
             needed = self.batches_per_rank * self.batch_size
             order = torch.cat([torch.randperm(count, generator=generator, device=self.device)
                                for _ in range(math.ceil(needed / count))])[:needed]

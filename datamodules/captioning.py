@@ -36,7 +36,7 @@ MIRRORED_WORDS = (("left", "right"),)
 def resized_rgb(image_chw: np.ndarray, side: int) -> np.ndarray:
     """A decoded C x H x W image (RGB or grayscale) as uint8 3 x side x side."""
     pixels = image_chw[0] if image_chw.shape[0] == 1 else image_chw.transpose(1, 2, 0)
-    resized = Image.fromarray(pixels).convert("RGB").resize((side, side), Image.BILINEAR)
+    resized = Image.fromarray(pixels).convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
     return np.asarray(resized).transpose(2, 0, 1)
 
 
@@ -137,6 +137,7 @@ class CaptioningData(ShardedDataModule):
         trainer = getattr(self, "trainer", None)
         training = trainer is not None and trainer.training
         if training:
+            assert trainer is not None  # training implies a trainer
             chosen = caption_choice(self.seed, trainer.current_epoch, image_ids, [len(c) for c in caption_lengths])
         else:
             chosen = [0] * len(image_ids)

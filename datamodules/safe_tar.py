@@ -54,7 +54,9 @@ def read_archive_files(archive: Path, wanted: Callable[[str], bool], *, max_file
                     raise StrideError(f"{archive}: its members up to {member.name!r} hold {total:,} bytes, more than "
                                       f"the whole dataset ({max_total_bytes:,}); refusing to inflate it")
                 if wanted(name):
-                    files[name] = tar.extractfile(member).read()
+                    extracted = tar.extractfile(member)
+                    assert extracted is not None  # a plain file (checked above) always has a stream
+                    files[name] = extracted.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         raise StrideError(f"{archive}: cannot read the archive ({err}); is the download complete and "
                           "undamaged?") from None

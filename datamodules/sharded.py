@@ -62,7 +62,7 @@ class ShardedDataModule(pl.LightningDataModule):
         self.verify_checksums = verify_checksums
         self._verified = False
         self._budget_checked_for: torch.device | None = None
-        self._streams: dict[str, ShardStream] = {}
+        self._streams: dict[str, ShardStream | CachedStream] = {}
         self._start_epoch = 0  # the training epoch served first (a resumed run's, `start_training_at`)
 
     fields: tuple[str, ...] = ()
@@ -84,6 +84,11 @@ class ShardedDataModule(pl.LightningDataModule):
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample as the network takes it, without the batch dimension: each subclass says."""
+        raise NotImplementedError
 
     @property
     def num_classes(self) -> int:

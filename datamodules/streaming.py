@@ -154,6 +154,7 @@ class ShardStream(IterableDataset):
 
     def __len__(self) -> int:
         if self.training:
+            assert self.batches_per_rank is not None  # counted whenever training
             return self.batches_per_rank
         return sum(math.ceil(self._slot_plan(w, 0).num_samples / self.batch_size) for w in range(self.loader_workers))
 
@@ -197,6 +198,7 @@ class ShardStream(IterableDataset):
         if not self.training:
             yield from self._batches(self._samples(plan, None), limit=None)
             return
+        assert self.batches_per_rank is not None  # counted whenever training
         quota = split_evenly(self.batches_per_rank, self.loader_workers, worker)
         if quota and plan.num_samples == 0:
             raise StrideError(f"{self.root}: loader slot {worker} of rank {self.rank} has no samples; "

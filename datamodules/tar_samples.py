@@ -27,16 +27,22 @@ from stride.names import is_plain_relative
 MEMBER_NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
 
 
+# tarfile's header errors, which its stubs do not declare
+_END_OF_ARCHIVE = getattr(tarfile, "EOFHeaderError")  # noqa: B009
+_NOT_A_HEADER = tuple(getattr(tarfile, name) for name in ("EmptyHeaderError", "TruncatedHeaderError",
+                                                          "InvalidHeaderError"))
+
+
 class _EndMarkedTarInfo(tarfile.TarInfo):
     """Header reading for which only the zero block that closes an archive ends it."""
 
     @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _EndMarkedTarInfo:
         try:
             return super().fromtarfile(tarfile_)
-        except tarfile.EOFHeaderError:
+        except _END_OF_ARCHIVE:
             raise
-        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as err:
+        except _NOT_A_HEADER as err:
             raise tarfile.ReadError(f"no end-of-archive block at byte {tarfile_.offset} ({err})") from None
 
 

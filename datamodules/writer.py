@@ -118,6 +118,7 @@ class ShardWriter:
         if self._tar is None:
             return
         self._tar.close()  # writes the end-of-archive blocks, leaves the file to us
+        assert self._tar_file is not None  # opened together with self._tar
         self._tar_file.flush()
         os.fsync(self._tar_file.fileno())
         self._tar_file.close()

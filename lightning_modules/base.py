@@ -11,7 +11,7 @@ progress bar only on the steps a logger would record it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -78,8 +78,13 @@ class StrideModule(pl.LightningModule):
 
     def log_step_loss(self, loss: Tensor) -> None:
         """The training loss for the progress bar and the loggers, on the steps they read it."""
-        if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        # Lightning's logger connector sets `log_every_n_steps` on the trainer, which does not declare it
+        if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:  # type: ignore[attr-defined]
             self.log("train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+
+    def all_gather_tensor(self, tensor: Tensor) -> Tensor:
+        """`all_gather` of one tensor, which gives one tensor (Lightning types the result as any collection)."""
+        return cast(Tensor, self.all_gather(tensor))
 
     def _log_means(self, split: str) -> None:
         names = sorted(name for name in self._sums if name.startswith(f"{split}_"))

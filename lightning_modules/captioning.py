@@ -56,6 +56,8 @@ class CaptioningModule(StrideModule):
     rank's captions are all-gathered before scoring (CIDEr-D's idf is over the whole split).
     """
 
+    network: CaptionNetwork
+
     def __init__(self, network: CaptionNetwork, optim: OptimConfig, schedule: ScheduleConfig,
                  description: dict[str, Any] | None, vocabulary_words: list[str], *,
                  max_words: int = 50, kept_samples: int = 8):
@@ -94,10 +96,10 @@ class CaptioningModule(StrideModule):
         if self.trainer.world_size == 1:
             return self._pairs
         packed = torch.from_numpy(pack_pairs(self._pairs).copy()).to(self.device)
-        sizes = self.all_gather(torch.tensor(packed.numel(), device=self.device)).reshape(-1)
+        sizes = self.all_gather_tensor(torch.tensor(packed.numel(), device=self.device)).reshape(-1)
         padded = packed.new_zeros(int(sizes.max()))
         padded[:packed.numel()] = packed
-        gathered = self.all_gather(padded).reshape(len(sizes), -1).cpu().numpy()
+        gathered = self.all_gather_tensor(padded).reshape(len(sizes), -1).cpu().numpy()
         return [pair for rank, size in enumerate(sizes.tolist()) for pair in unpack_pairs(gathered[rank, :size])]
 
     def _log_scores(self, split: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +42,13 @@ class ClassificationModule(StrideModule):
                                                            validate_args=False)
         self.confusion_matrix: torch.Tensor | None = None  # set after testing
 
+    def _accuracy(self, split: str) -> torchmetrics.Metric:
+        return cast(torchmetrics.Metric, self.accuracy[f"{split}_split"])  # ModuleDict types its values as Module
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         inputs, labels = batch
         logits, loss = classification_loss(self(inputs), labels)
-        self.accuracy[f"{split}_split"].update(logits, labels)  # accumulated on the device
+        self._accuracy(split).update(logits, labels)  # accumulated on the device
         self.log_mean(f"{split}_loss", loss, len(labels))
         if split == "train":
             self.log_step_loss(loss)
@@ -54,7 +57,7 @@ class ClassificationModule(StrideModule):
         return loss
 
     def _log_epoch(self, split: str) -> None:
-        accuracy = self.accuracy[f"{split}_split"]
+        accuracy = self._accuracy(split)
         self.log(f"{split}_acc", accuracy.compute(), on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
         accuracy.reset()
         if split != "test":

@@ -155,6 +155,8 @@ class DetectionModule(StrideModule):
     each rank's images are all-gathered before AP, so every rank logs the same number.
     """
 
+    network: FaceDetector
+
     def __init__(self, network: FaceDetector, optim: OptimConfig, schedule: ScheduleConfig,
                  description: dict[str, Any] | None = None):
         super().__init__(network, optim, schedule, description)
@@ -198,10 +200,10 @@ class DetectionModule(StrideModule):
         if self.trainer.world_size == 1:
             return self._predictions, self._ground_truth
         rows = torch.from_numpy(pack_images(self._predictions, self._ground_truth)).to(self.device)
-        counts = self.all_gather(torch.tensor([rows.shape[0], len(self._predictions)], device=self.device))
+        counts = self.all_gather_tensor(torch.tensor([rows.shape[0], len(self._predictions)], device=self.device))
         padded = rows.new_zeros(int(counts[:, 0].max()), 7)
         padded[:rows.shape[0]] = rows
-        gathered = self.all_gather(padded).cpu().numpy()
+        gathered = self.all_gather_tensor(padded).cpu().numpy()
         predictions, ground_truth = [], []
         for rank_rows, (count, images) in zip(gathered, counts.cpu().tolist()):
             found, faces = unpack_images(rank_rows[:count], images)

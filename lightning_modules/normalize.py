@@ -9,6 +9,9 @@ from torch import nn
 class Normalize(nn.Module):
     """Per-channel (x - mean) / std for N x C x ... inputs (images or sequences)."""
 
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+
     def __init__(self, mean: list[float], std: list[float]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))

@@ -18,10 +18,12 @@ def pixel_permutation(length: int, seed: int) -> torch.Tensor:
 class SequenceView(nn.Module):
     """N x C x H x W -> N x C x (H*W), in row-major or a fixed permuted order."""
 
+    order: torch.Tensor  # buffer
+
     def __init__(self, length: int, permutation_seed: int | None = None):
         super().__init__()
         self.permuted = permutation_seed is not None
-        order = pixel_permutation(length, permutation_seed) if self.permuted else torch.arange(length)
+        order = pixel_permutation(length, permutation_seed) if permutation_seed is not None else torch.arange(length)
         self.register_buffer("order", order)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

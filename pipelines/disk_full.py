@@ -73,7 +73,7 @@ def tracking_store(args: argparse.Namespace) -> str:
     from stride.tracking.store import is_local_store, resolve_tracking_uri
 
     config = trained_config(args)
-    uri = resolve_tracking_uri(getattr(args, "tracking_uri", None) or (config and config.tracking.uri))
+    uri = resolve_tracking_uri(getattr(args, "tracking_uri", None) or (config.tracking.uri if config else None))
     if is_local_store(uri):
         return f"the tracking database {uri.removeprefix('sqlite:///')}"
     return f"the tracking server {uri}"

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from stride.errors import StrideError
 from stride.pipelines.arguments import add_image_output_arguments, positive_int, unit_interval
@@ -116,8 +116,9 @@ def explain_files(checkpoint: Path, files: list[str], out: Path, *, top_k: int, 
     task = get_task(config.task)
     if not getattr(task, "class_activation_maps", False):
         raise StrideError(f"{checkpoint}: a {config.task} model; class activation maps are for image classifiers")
+    network = cast(torch.nn.Module, module.network)  # the task's backbone, kept as `.network`
     try:
-        head = find_cam_head(module.network)
+        head = find_cam_head(network)
     except StrideError as err:
         raise StrideError(f"{checkpoint}: architecture {config.model.architecture}: {err}") from None
     facts = DataFacts.from_dict(module.hparams["stride"]["data"])
@@ -128,7 +129,7 @@ def explain_files(checkpoint: Path, files: list[str], out: Path, *, top_k: int, 
     out.mkdir(parents=True, exist_ok=True)
     rows: list[ExplainedFile] = []
     taken: set[str] = set()
-    with evaluation_mode(module.network), torch.no_grad():
+    with evaluation_mode(network), torch.no_grad():
         for start in range(0, len(files), EXPLAIN_BATCH):
             batch = inputs[start:start + EXPLAIN_BATCH]
             seen = explain(head, batch, top_k=top_k, threshold=threshold)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from stride.pipelines.arguments import (
     add_config_arguments,
@@ -67,7 +67,9 @@ def train_and_record(config: StrideConfig, *, tracking_uri: str | None = None) -
     uri = resolve_tracking_uri(tracking_uri or config.tracking.uri)
     check_reachable(uri)
     open_datamodule(config)  # every shard hashed before a run exists (once: the core then reuses it)
-    if rank_zero_only.rank != 0:  # a DDP rank started by Lightning's launcher: rank 0 records
+    # a DDP rank started by Lightning's launcher: rank 0 records (Lightning sets `rank` on `rank_zero_only` at
+    # import, an attribute its type lacks)
+    if cast(Any, rank_zero_only).rank != 0:
         return RecordedTraining(train(config), uri)
     fail_dead_runs(MlflowClient(uri), ensure_experiment(uri, config.tracking.experiment))
     with MlflowRun(uri, config) as run:
@@ -89,7 +91,8 @@ def announce_model_callback():
             if stage == "fit" and trainer.is_global_zero:
                 config = pl_module.hparams["stride"]["config"]
                 count = sum(p.numel() for p in pl_module.parameters())
-                split = trainer.datamodule.manifest.splits["train"].num_samples
+                # set by Lightning at run time; pl.Trainer does not declare it
+                split = cast(Any, trainer).datamodule.manifest.splits["train"].num_samples
                 print(f"training {config['name']}: {config['model']['architecture']} with {count:,} parameters on "
                       f"{split:,} training samples", flush=True)
 
@@ -109,13 +112,14 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"run {result.run_id}: {format_metrics(result.test_metrics)} ({args.workers} Ray Train workers)")
         print(f"MLflow: {ui_hint(result.tracking_uri, result.experiment_id, result.run_id)}")
         return 0
-    result = train_and_record(config, tracking_uri=args.tracking_uri)
-    if result.run_id:
-        print(f"run {result.run_id}: {format_metrics(result.outcome.test_metrics)} "
-              f"({result.outcome.wall_time_s:.1f} s)")
-        if result.model_uri:
-            print(f"model: {result.model_uri}")
-        print(f"MLflow: {ui_hint(result.tracking_uri, result.experiment_id, result.run_id)}")
+    recorded = train_and_record(config, tracking_uri=args.tracking_uri)
+    if recorded.run_id:
+        assert recorded.experiment_id is not None, "recorded together with run_id"
+        print(f"run {recorded.run_id}: {format_metrics(recorded.outcome.test_metrics)} "
+              f"({recorded.outcome.wall_time_s:.1f} s)")
+        if recorded.model_uri:
+            print(f"model: {recorded.model_uri}")
+        print(f"MLflow: {ui_hint(recorded.tracking_uri, recorded.experiment_id, recorded.run_id)}")
     return 0
 
 

@@ -34,7 +34,8 @@ class Candidate:
 
 
 def _all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
-    runs, token = [], None
+    runs: list[Run] = []
+    token: str | None = None
     while True:
         page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
         runs.extend(page)

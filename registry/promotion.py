@@ -15,6 +15,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import mlflow
 from mlflow import MlflowClient
@@ -183,9 +184,10 @@ def _candidate(client: MlflowClient, experiment: str | None, search_id: str | No
         raise StrideError("give exactly one of --experiment NAME, --search RUN_ID or --run RUN_ID")
     if run_id is not None:
         return run_as_candidate(client, run_id, metric)
-    runs, where = runs_of_experiment(client, experiment) if experiment else runs_of_search(client, search_id)
+    # exactly one of the three is given, so without an experiment, the search
+    runs, where = runs_of_experiment(client, experiment) if experiment else runs_of_search(client, cast(str, search_id))
     if metric is None:
-        tasks = sorted({r.data.tags.get(TASK_TAG) for r in runs if r.data.tags.get(TASK_TAG)})
+        tasks = sorted({tag for r in runs if (tag := r.data.tags.get(TASK_TAG))})
         if len(tasks) > 1:
             raise StrideError(f"{where} holds runs of several tasks ({', '.join(tasks)}); give --metric and --mode")
         task = get_task(tasks[0] if tasks else "classification")

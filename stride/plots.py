@@ -41,7 +41,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path
     axis.set_ylabel("true")
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, col), count in np.ndenumerate(matrix):
-        axis.text(col, row, int(count), ha="center", va="center", fontsize=8,
+        axis.text(col, row, str(int(count)), ha="center", va="center", fontsize=8,
                   color="white" if count > threshold else "black")
     accuracy = np.trace(matrix) / max(1, matrix.sum())
     axis.set_title(f"{title} accuracy {accuracy:.2%}".strip())

@@ -36,6 +36,7 @@ def publish_training(run: MlflowRun, outcome: TrainOutcome) -> str | None:
     run.mark("logging")
     config, client = run.config, run.client
     if outcome.best_score is not None:
+        assert config.trainer.monitor is not None, "filled in by config validation"
         client.log_metric(run.run_id, best_metric(config.trainer.monitor), outcome.best_score)
         client.set_tag(run.run_id, BEST_CHECKPOINT_TAG, outcome.best_checkpoint)
     task = get_task(config.task)

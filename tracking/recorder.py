@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytorch_lightning as pl
 from mlflow.entities import Dataset, DatasetInput, InputTag, Param
@@ -84,7 +85,7 @@ class RunRecorder(pl.Callback):
         params = flatten(config_to_dict(self.run.config))
         params[NUM_PARAMS_PARAM] = sum(p.numel() for p in pl_module.parameters())
         self._log_params({k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()})
-        self._log_dataset(trainer.datamodule)
+        self._log_dataset(cast(Any, trainer).datamodule)  # set by Lightning at run time; pl.Trainer lacks it
         self.run.client.log_text(self.run.run_id, config_to_yaml(self.run.config), CONFIG_ARTIFACT)
 
     def _log_params(self, shown: dict[str, str]) -> None:

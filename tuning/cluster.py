@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 from stride.errors import StrideError
@@ -122,9 +123,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, state_ap
     if address:
         check_address(address)
     # "local": a new embedded instance, never a leftover `ray start` cluster Ray would otherwise pick up
-    kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus,
-                                                         "include_dashboard": state_api,
-                                                         "_node_ip_address": LOOPBACK}
+    kwargs: dict[str, Any] = {"address": address} if address else {"address": "local", "num_cpus": num_cpus,
+                                                                    "include_dashboard": state_api,
+                                                                    "_node_ip_address": LOOPBACK}
     kwargs.update(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
     if address and os.environ.get(PLUGINS_ENV):
         # a cluster's workers did not inherit this shell's environment: they import the same plugins

@@ -49,7 +49,9 @@ def fit_with_ray_train(job: TrainingJob, resources: TrialResources, *, storage_p
         train_worker, train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=job.use_gpu,
                                      resources_per_worker=per_worker, placement_strategy=t.placement_strategy),
-        run_config=RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
+        # ray.train's RunConfig is typed as Train v1's (Tune callbacks); at run time it is Train v2's, which takes
+        # UserCallbacks such as TuneReportCallback
+        run_config=RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,  # type: ignore[arg-type]
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints,
                                                                 checkpoint_score_attribute=t.monitor,

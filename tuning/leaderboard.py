@@ -61,7 +61,7 @@ def plot_metric_vs_params(rows: list[dict[str, Any]], dimensions: list[Dimension
         categorical = dim.is_discrete or any(not _finite(x) for x, _ in points)
         if categorical:
             labels = [str(v) for v in dim.args] if dim.is_discrete else sorted({str(x) for x, _ in points})
-            xs = [labels.index(str(x)) if str(x) in labels else len(labels) for x, _ in points]
+            xs: list[Any] = [labels.index(str(x)) if str(x) in labels else len(labels) for x, _ in points]
             axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         else:
             xs = [x for x, _ in points]

@@ -4,9 +4,10 @@ Ray's scheduler, bounded by the trials' epochs, and making a cloned trial train 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
 from stride.config.schema import OptimConfig
@@ -58,7 +59,8 @@ class ApplyTrialOptim(pl.Callback):
                     group["momentum"] = self.optim.momentum
         for config in trainer.lr_scheduler_configs:
             config.scheduler.base_lrs = [self.optim.lr] * len(config.scheduler.base_lrs)
-        checkpoint = trainer.checkpoint_callback
+        # typed as the Checkpoint base; stride's trainers keep a ModelCheckpoint (training.core)
+        checkpoint = cast("ModelCheckpoint | None", trainer.checkpoint_callback)
         if checkpoint is not None and checkpoint.dirpath and checkpoint.best_model_path \
                 and Path(checkpoint.best_model_path).parent != Path(checkpoint.dirpath):
             checkpoint.best_model_path, checkpoint.best_model_score = "", None

@@ -262,6 +262,7 @@ def _callbacks(search: ResolvedSearch, uri: str, parent: str, verbose: bool) -> 
     base = search.config_for({}, "base")
     callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), runs.CloseStoppedTrialRuns(uri, parent, base)]
     if not verbose:
+        assert search.spec.metric is not None, "set by load_search"
         callbacks.append(TrialProgress(search.spec.metric, base.trainer.max_epochs or 0,
                                        trial_count(search.spec, search.dimensions)))
     return callbacks
@@ -297,6 +298,7 @@ def _rows(results, search: ResolvedSearch, children: dict, client: MlflowClient)
     metric is taken over the child run's whole history too: after a trial is restored from a checkpoint,
     Tune's result files hold only the epochs since the restore."""
     spec = search.spec
+    assert spec.metric is not None and spec.mode is not None, "set by load_search"
     shown = get_task(search.task).shown_test_metrics
     rows = []
     for result in results:
@@ -339,6 +341,7 @@ def _finish(results, search: ResolvedSearch, uri: str, parent: str, name: str, s
             started: float) -> SearchResult:
     """Leaderboard, plot and best-trial tags on the parent run; close it."""
     spec = search.spec
+    assert spec.metric is not None, "set by load_search"
     interrupted = _interrupted(results.experiment_path)
     record_state(uri, parent, storage, name)  # the state Tune saved is final now
     client = MlflowClient(uri)

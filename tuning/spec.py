@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -79,11 +80,11 @@ class SchedulerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Literal["asha", "fifo", "pbt"] = "asha"
     grace_period: PositiveInt = 1  # asha: epochs every trial gets before it can be stopped
-    reduction_factor: float = Field(2.0, gt=1)  # asha: keep 1/reduction_factor of trials per rung
+    reduction_factor: float = Field(default=2.0, gt=1)  # asha: keep 1/reduction_factor of trials per rung
     brackets: PositiveInt = 1
     perturbation_interval: PositiveInt = 1  # pbt: epochs between exploit/explore steps
-    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
-    resample_probability: float = Field(0.25, ge=0, le=1)
+    quantile_fraction: float = Field(default=0.25, gt=0, le=0.5)
+    resample_probability: float = Field(default=0.25, ge=0, le=1)
     synchronous: bool = False  # pbt: every trial waits for the others at each step (reproducible, slower)
 
 
@@ -168,7 +169,7 @@ def read_spec(name_or_path: str) -> tuple[dict[str, Any], str, Path | None]:
     return data, source, folder
 
 
-def load_search(name_or_path: str, overrides: list[str] = (), spec_overrides: dict[str, Any] | None = None
+def load_search(name_or_path: str, overrides: Sequence[str] = (), spec_overrides: dict[str, Any] | None = None
                 ) -> ResolvedSearch:
     """Read, validate and resolve a spec; `overrides` are extra `--set` items for the base config."""
     data, source, folder = read_spec(name_or_path)
@@ -194,6 +195,7 @@ def load_search(name_or_path: str, overrides: list[str] = (), spec_overrides: di
     base_config = validate(base_raw, base_source)  # the base alone must be a valid config
     if spec.metric is None:
         spec.metric, spec.mode = base_config.trainer.monitor, spec.mode or base_config.trainer.monitor_mode
+    assert spec.metric is not None, "trainer.monitor is filled in by config validation"
     spec.mode = spec.mode or ("min" if spec.metric.endswith("loss") else "max")
     dimensions = [parse_dimension(key, value, source) for key, value in spec.space.items()]
     check_keys(dimensions, base_raw, source)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -200,10 +201,10 @@ def read_class_names(files: SourceFiles, prefix: str, layout: Layout, dataset: C
         else:
             if file not in unpickled:
                 unpickled[file] = pickled_dict(files, prefix + file)
-            found = unpickled[file].get(key)
-            if not isinstance(found, list):
+            listed = unpickled[file].get(key)
+            if not isinstance(listed, list):
                 raise StrideError(f"{files.where(prefix + file)}: no list '{key}' of class names")
-            found = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in found]
+            found = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in listed]
         found = [n for n in found if n]
         if len(found) != dataset.num_classes[label_set]:
             held = f" ({key})" if key else ""
@@ -216,7 +217,8 @@ def read_class_names(files: SourceFiles, prefix: str, layout: Layout, dataset: C
 def read_split(files: SourceFiles, prefix: str, layout: Layout, dataset: CifarDataset,
                batch_names: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     reader = read_python_batch if layout.version == "python" else read_binary_batch
-    rows, labels = [], {label_set: [] for label_set, _ in layout.labels}
+    rows: list[np.ndarray] = []
+    labels: dict[str, list[np.ndarray]] = {label_set: [] for label_set, _ in layout.labels}
     for name in batch_names:
         data, batch_labels = reader(files, prefix + name, layout)
         for label_set, key in layout.labels:
@@ -267,7 +269,7 @@ def prepare_cifar(name: str, source: str | Path, out_dir: str | Path, *, label_s
         raise StrideError(f"--val-size must be between 1 and {len(train_images) - 1}, got {val_size}")
     train, val = deterministic_split(len(train_images), val_size, seed)
     labels, test = train_labels[label_set], test_labels[label_set]
-    described = {"kind": f"cifar-{layout.version}", "path": str(source.absolute()),
+    described: dict[str, Any] = {"kind": f"cifar-{layout.version}", "path": str(source.absolute()),
                  "archive": files.root.name if files.members is not None else None,
                  "files": [prefix + file for file in layout.files], "label_set": label_set}
     if "coarse" in class_names and label_set == "fine":

@@ -214,7 +214,7 @@ def read_coco_image(path: Path, with_sums: bool) -> ReadImage | UnusableImage:
     try:
         return decode_image(path.read_bytes(), str(path), COCO_IMAGES, with_sums)
     except OSError as err:
-        return UnusableImage(str(path), "image file unreadable", err.strerror)
+        return UnusableImage(str(path), "image file unreadable", str(err.strerror))
     except UnusableImage as err:
         return err
 
@@ -238,7 +238,8 @@ def write_caption_dataset(out: str | Path, splits: dict[str, list[CaptionedImage
     """Shards of (`jpg`, `json`) per image, the vocabulary of the training captions written, and the manifest."""
     # before anything is read or written: every training caption (a superset of those kept) gives no word either
     check_vocabulary(Vocabulary.build((c for i in splits["train"] for c in i.captions), min_count), dataset, min_count)
-    pixels, train_captions, converted = PixelSums.empty(), [], 0
+    pixels, converted = PixelSums.empty(), 0
+    train_captions: list[str] = []
     with ShardWriter(out, samples_per_shard=samples_per_shard, overwrite=overwrite) as writer:
         with tqdm(total=sum(map(len, splits.values())), desc=f"writing {dataset} shards", unit="img") as progress:
             for split in SPLITS:
@@ -263,6 +264,7 @@ def write_caption_dataset(out: str | Path, splits: dict[str, list[CaptionedImage
                     converted += read.re_encoded
                     written += 1
                     if split == "train":
+                        assert read.sums is not None  # the train split is read with_sums
                         pixels.merge(read.sums)
                         train_captions.extend(image.captions)
                 if not written:

@@ -102,10 +102,11 @@ def background_crop(assets: Assets, rng: np.random.Generator, split: str, width:
     start, stop = (round(f * photograph.width) for f in BANDS[split])
     zoom = min(rng.uniform(0.6, 2.0), (stop - start) / width, photograph.height / height)
     crop_w, crop_h = max(1, int(width * zoom)), max(1, int(height * zoom))
-    left = start + rng.integers(stop - start - crop_w + 1)
-    top = rng.integers(photograph.height - crop_h + 1)
-    region = photograph.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.BILINEAR)
-    pixels = np.asarray(region, dtype=np.float32)
+    left = start + int(rng.integers(stop - start - crop_w + 1))
+    top = int(rng.integers(photograph.height - crop_h + 1))
+    box = (left, top, left + crop_w, top + crop_h)
+    region = photograph.crop(box).resize((width, height), Image.Resampling.BILINEAR)
+    pixels: np.ndarray = np.asarray(region, dtype=np.float32)
     if name in ("brick", "grass", "gravel"):  # grey textures: give them a colour
         pixels = pixels * rng.uniform(0.6, 1.1, 3)
     return np.clip(pixels, 0, 255).astype(np.uint8), name
@@ -114,7 +115,8 @@ def background_crop(assets: Assets, rng: np.random.Generator, split: str, width:
 def render(assets: Assets, paste: Paste) -> np.ndarray:
     """The crop resized to its box and tinted: uint8 h x w x 3."""
     _, _, w, h = paste.box
-    grey = Image.fromarray((assets.crops[paste.crop] * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
+    crop = Image.fromarray((assets.crops[paste.crop] * 255).astype(np.uint8))
+    grey = crop.resize((w, h), Image.Resampling.BILINEAR)
     return np.clip(np.asarray(grey, dtype=np.float32)[..., None] * np.array(paste.tint), 0, 255).astype(np.uint8)
 
 

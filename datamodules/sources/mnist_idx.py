@@ -13,7 +13,7 @@ import math
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import numpy as np
 
@@ -35,6 +35,12 @@ DATASETS = {
 }
 FILES = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
          ("test", "images"): "t10k-images-idx3-ubyte", ("test", "labels"): "t10k-labels-idx1-ubyte"}
+
+
+class _ByteStream(Protocol):
+    """What the readers need of a plain or gzipped file."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def find_idx_file(source: Path, stem: str, torchvision_name: str) -> Path:
@@ -69,13 +75,13 @@ def read_idx(path: Path, expected_magic: int, budget_bytes: int | None = None) -
     return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
 
 
-def _drain(stream: BinaryIO, limit_bytes: int) -> None:
+def _drain(stream: _ByteStream, limit_bytes: int) -> None:
     """Read on (and discard) up to `limit_bytes`, so that a corrupt deflate stream or checksum shows."""
     while limit_bytes > 0 and (chunk := stream.read(min(limit_bytes, 1 << 20))):
         limit_bytes -= len(chunk)
 
 
-def _read_header(stream: BinaryIO, path: Path, expected_magic: int) -> tuple[int, ...]:
+def _read_header(stream: _ByteStream, path: Path, expected_magic: int) -> tuple[int, ...]:
     start = stream.read(4)
     if len(start) < 4:
         raise StrideError(f"{path}: truncated: {len(start)} bytes, not even an IDX header")

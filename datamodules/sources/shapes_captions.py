@@ -41,7 +41,7 @@ BACKGROUND_WORDS = {"grass": ("on grass", "on the grass"), "gravel": ("on gravel
 GREY_RANGE = (70, 180)  # backgrounds stay grey and mid-bright: every shape colour stands out
 ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")
 CELL_CENTRES = (0.22, 0.5, 0.78)  # of the image side, per row or column
-WHERE_WORDS = {  # (row, column) of a lone shape -> phrases
+WHERE_WORDS: dict[tuple[str, ...], tuple[str, ...]] = {  # (row, column) of a lone shape -> phrases
     ("top", "left"): ("in the top left corner", "at the top left"),
     ("top", "centre"): ("at the top", "near the top"),
     ("top", "right"): ("in the top right corner", "at the top right"),
@@ -88,7 +88,7 @@ def background(name: str, side: int, textures: dict[str, np.ndarray], rng: np.ra
     patch = texture[top:top + crop, left:left + crop]
     span = max(float(patch.max() - patch.min()), 1.0)
     grey = low + (patch - patch.min()) * ((high - low) / span)
-    resized = Image.fromarray(grey.astype(np.uint8)).resize((side, side), Image.BILINEAR)
+    resized = Image.fromarray(grey.astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR)
     return resized.convert("RGB")
 
 

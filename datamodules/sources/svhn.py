@@ -36,9 +36,9 @@ def read_mat(path: Path, budget_bytes: int | None = None) -> tuple[np.ndarray, n
     except Exception as err:  # scipy raises ValueError, OSError, IndexError, ... on damaged or non-MATLAB files
         raise StrideError(f"{path}: cannot read as a MATLAB v5 file ({type(err).__name__}: {err}); is the download "
                           "complete and undamaged?") from None
-    variables = sorted(key for key in mat if not key.startswith("__"))
-    if variables != ["X", "y"]:
-        raise StrideError(f"{path}: holds the variables {', '.join(variables) or 'none'}; expected {EXPECTED}")
+    names = sorted(key for key in mat if not key.startswith("__"))
+    if names != ["X", "y"]:
+        raise StrideError(f"{path}: holds the variables {', '.join(names) or 'none'}; expected {EXPECTED}")
     images, labels = mat["X"], mat["y"]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != (SIDE_PX, SIDE_PX, 3):
         raise StrideError(f"{path}: X is {images.dtype} of shape {images.shape}; expected {EXPECTED}")

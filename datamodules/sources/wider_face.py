@@ -126,7 +126,7 @@ def parse_bbx_gt(text: str, where: str) -> list[WiderImage]:
         if count < 0:
             raise StrideError(f"{where}, line {number + 2}: face count {count} of {file} is negative")
         number += 2
-        rows = []
+        rows: list[list[int]] = []
         # N = 0 is followed by an all-zero placeholder (some copies leave it out: then the next line is a path)
         placeholder = count == 0 and number < len(lines) and not lines[number].strip().lower().endswith(".jpg")
         for _ in range(count or int(placeholder)):
@@ -190,7 +190,8 @@ def parse_landmark_labels(text: str, where: str) -> dict[str, list[LandmarkFace]
             xy = [[-1.0, -1.0] if (step == 3 and t[2] < 0) or t[:2] == [-1.0, -1.0] else t[:2] for t in triples]
             if any(point != [-1.0, -1.0] for point in xy):
                 points = [round(v, 3) for point in xy for v in point]
-        current.append(LandmarkFace(tuple(values[:4]), points))
+        x, y, w, h = values[:4]  # every layout starts with the box
+        current.append(LandmarkFace((x, y, w, h), points))
     return faces
 
 
@@ -493,8 +494,12 @@ def prepare_wider_face(source: str | Path, out: str | Path, *, val_size: int = 1
                                 "(first: %s)", dataset, counts.outside_image, split, counts.first_outside)
             annotations["faces"] = {split: counts.summary() for split, counts in written.counts.items()}
             if subsets_from:
+                recorded: list[dict[str, list[bool]]] = []
+                for image in test_images:
+                    assert image.subsets is not None  # read_subsets recorded every test image's subsets
+                    recorded.append(image.subsets)
                 annotations["subsets"] = {"from": subsets_from, "split": "test", "faces": {
-                    subset: sum(sum(image.subsets[subset]) for image in test_images) for subset in SUBSET_FILES}}
+                    subset: sum(sum(marks[subset]) for marks in recorded) for subset in SUBSET_FILES}}
             return writer.commit(
                 dataset=dataset, task="detection",
                 source={"kind": "wider-face", "folder": str(source_path.absolute()),

@@ -50,9 +50,9 @@ class ModelConfig(BaseModel):
 class OptimConfig(Section):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: PositiveFloat = 0.01
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
 
 
@@ -79,7 +79,7 @@ class ScheduleConfig(Section):
 
 class TrainerConfig(Section):
     max_epochs: PositiveInt | None = 10
-    max_steps: int = Field(-1, ge=-1)  # -1: bounded by max_epochs
+    max_steps: int = Field(default=-1, ge=-1)  # -1: bounded by max_epochs
     # a fraction of the training batches, or a number of them, per epoch (validation stays whole): for
     # searches and smoke runs that must finish in minutes on large datasets
     limit_train_batches: PositiveFloat | PositiveInt = 1.0

@@ -5,9 +5,10 @@ split beside the dataset's constant-caption baseline, the COCO results file, and
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +26,11 @@ from stride.serving.base import DEFAULT_MAX_PIXELS, Evaluation, ExportedModel, S
 from stride.serving.image_input import read_image
 from stride.tasks import DataFacts
 from stride.text_table import align_columns
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pytorch_lightning as pl
+
+    from stride.datamodules.sharded import ShardedDataModule
 
 FIGURE_IMAGES = 8
 # pycocoevalcap's names -> stride's metric suffixes (the module logs the same names per epoch)
@@ -49,13 +55,15 @@ class CaptioningServing(Serving):
     task = "captioning"
     labels_artifact = "vocabulary/vocabulary.json"
 
-    def export(self, module: CaptioningModule, facts: DataFacts) -> ExportedModel:
+    def export(self, module: pl.LightningModule, facts: DataFacts) -> ExportedModel:
+        assert isinstance(module, CaptioningModule)  # the captioning task's module
         exported = CaptionExport(module.network, max_words=module.max_words).cpu().eval()
         return ExportedModel(exported, TensorSpec(tuple(facts.input_shape)),
                              TensorSpec((module.max_words + 1,), "int64"))
 
-    def decoder(self, module: CaptioningModule, **options: Any) -> nn.Module:
+    def decoder(self, module: pl.LightningModule, **options: Any) -> nn.Module:
         """The network decoding with `beam_size` (eager, stopping once every caption has ended)."""
+        assert isinstance(module, CaptioningModule)  # the captioning task's module
         beam_size = int(options.pop("beam_size", 1))
         if options:
             raise StrideError(f"captioning decodes with beam_size only, not {', '.join(options)}")
@@ -65,11 +73,13 @@ class CaptioningServing(Serving):
                              early_stop=True).cpu().eval()
 
     @torch.no_grad()
-    def evaluate(self, network: nn.Module, data: CaptioningData, split: str, model: str) -> Evaluation:
+    def evaluate(self, network: nn.Module, data: ShardedDataModule, split: str, model: str) -> Evaluation:
         """Every image of `split` once, greedy captions scored against all its references by pycocoevalcap."""
+        assert isinstance(data, CaptioningData)  # the captioning task's evaluation_data
         vocabulary = data.vocabulary
-        generated: dict[int, str] = {}
-        references: dict[int, list[str]] = {}
+        # keyed by image id; Hashable as caption_scores takes them (a Mapping's key type is invariant)
+        generated: dict[Hashable, str] = {}
+        references: dict[Hashable, list[str]] = {}
         images: list[np.ndarray] = []
         for batch in data.loader(split):
             image_ids = batch[3]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from stride.serving.base import DEFAULT_MAX_PIXELS, Evaluation, ExportedModel, S
 from stride.serving.image_input import is_image_file, read_image, unsupported_file
 from stride.tasks import DataFacts
 from stride.text_table import align_columns
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pytorch_lightning as pl
 
 
 @dataclass
@@ -53,8 +56,9 @@ def read_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 class ClassificationServing(Serving):
     task = "classification"
 
-    def export(self, module: ClassificationModule, facts: DataFacts) -> ExportedModel:
+    def export(self, module: pl.LightningModule, facts: DataFacts) -> ExportedModel:
         """Logits -> class probabilities, what predict and evaluate consume."""
+        assert isinstance(module, ClassificationModule)  # the classification tasks' module
         network = nn.Sequential(module.network, nn.Softmax(dim=1)).cpu().eval()
         return ExportedModel(network, TensorSpec(tuple(facts.input_shape)), TensorSpec((facts.num_classes,)))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,11 @@ from stride.tasks import DataFacts
 from stride.tasks.detection import SUBSETS, found_boxes, true_boxes
 from stride.text_table import align_columns
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pytorch_lightning as pl
+
+    from stride.datamodules.sharded import ShardedDataModule
+
 
 @dataclass
 class FacesFound:
@@ -43,14 +48,16 @@ class FacesFound:
 class DetectionServing(Serving):
     task = "detection"
 
-    def export(self, module: DetectionModule, facts: DataFacts) -> ExportedModel:
+    def export(self, module: pl.LightningModule, facts: DataFacts) -> ExportedModel:
+        assert isinstance(module, DetectionModule)  # the detection task's module
         exported = DetectionExport(module.network).cpu().eval()
         return ExportedModel(exported, TensorSpec(tuple(facts.input_shape)),
                              TensorSpec((exported.max_detections, 5)))
 
     @torch.no_grad()
-    def evaluate(self, network: nn.Module, data: DetectionData, split: str, model: str) -> Evaluation:
+    def evaluate(self, network: nn.Module, data: ShardedDataModule, split: str, model: str) -> Evaluation:
         """Every image of `split` once; AP over all faces and, where recorded, the official subsets."""
+        assert isinstance(data, DetectionData)  # the detection task's evaluation_data
         predictions: list[np.ndarray] = []
         annotations: list[dict[str, Any]] = []
         for batch in data.loader(split):
@@ -103,7 +110,8 @@ class DetectionServing(Serving):
         for file, found in zip(files, outputs):
             width, height = image_size(Path(file), DEFAULT_MAX_PIXELS)
             boxes = found_boxes(found, letterbox_scale(height, width, inputs.shape[-1]))
-            rows.append(FacesFound(file, [tuple(float(v) for v in b) for b in boxes]))
+            rows.append(FacesFound(file, [(float(x1), float(y1), float(x2), float(y2), float(score))
+                                          for x1, y1, x2, y2, score in boxes]))
         return rows
 
     def prediction_table(self, rows: list[FacesFound]) -> str:

@@ -77,6 +77,7 @@ def _spread_class_conv(conv: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
     transposed conv of a constant. m_j = hw sum_i f_i g_ji + b_j keeps GAP(m_j) = c_j at the input's
     finer resolution (for a 1x1 kernel it is the conv's output itself)."""
     height, width = features.shape[-2:]
+    assert isinstance(conv.padding, tuple)  # find_cam_head keeps no class conv padded by "same" or "valid"
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
     out_h, out_w = conv_output_size(height, kh, sh, ph, dh), conv_output_size(width, kw, sw, pw, dw)
     classes = conv.out_channels
@@ -149,7 +150,8 @@ def explain(head: CamHead, inputs: torch.Tensor, *, top_k: int = 1,
     network is in evaluation mode (`evaluation_mode`)."""
     probabilities, maps = scores_and_maps(head, inputs)
     top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1).indices
-    return localise(probabilities, maps, top, inputs.shape[-2:], threshold)
+    height, width = inputs.shape[-2:]
+    return localise(probabilities, maps, top, (height, width), threshold)
 
 
 # -- the grid a training run logs ------------------------------------------------------------------
@@ -163,8 +165,9 @@ def plot_test_split_cams(module: pl.LightningModule, open_data: Callable[[str], 
     if data_path is None or len(facts.input_shape) != 3:
         return []
     try:
-        return _plot_test_split_cams(module.network, open_data(data_path), facts, folder / GRID_FILE,
-                                     title, threshold)
+        network = module.network
+        assert isinstance(network, nn.Module)  # a stride module holds its network
+        return _plot_test_split_cams(network, open_data(data_path), facts, folder / GRID_FILE, title, threshold)
     except StrideError as err:
         log.info("no class activation maps for this run: %s", err)
     except Exception as err:  # a picture must never cost a finished training its logged model

@@ -11,7 +11,7 @@ beside it, the dataset's constant-caption baseline scored the same way.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from pydantic import PositiveInt
@@ -25,6 +25,11 @@ from stride.errors import StrideError
 from stride.lightning_modules.captioning import CaptioningModule, caption_loss
 from stride.plots import plot_learning_curves
 from stride.tasks.base import DataFacts, Task, checked_datamodule_arguments, network_taking_pixels, register_task
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pytorch_lightning as pl
+
+    from stride.architectures.captioning import CaptionNetwork
 
 DEFAULT_IMAGE_SIZE = 224  # the study's encoder input (docs/models.md, A4)
 EVAL_BATCH_SIZE = 32
@@ -75,11 +80,14 @@ class CaptioningTask(Task):
                               f"the data facts hold {len(facts.class_names)}")
         assert isinstance(config.data, CaptioningDataOptions)
         description = {"config": config_to_dict(config), "data": facts.as_dict()}
-        return CaptioningModule(network_taking_pixels(config, facts), config.optim, config.schedule, description,
-                                list(facts.class_names), max_words=config.data.max_words)
+        # config loading checks the architecture is a captioning one: the registry builds those as CaptionNetworks
+        network = cast("CaptionNetwork", network_taking_pixels(config, facts))
+        return CaptioningModule(network, config.optim, config.schedule, description, list(facts.class_names),
+                                max_words=config.data.max_words)
 
-    def figures(self, module: CaptioningModule, facts: DataFacts, history: list[dict[str, float]],
+    def figures(self, module: pl.LightningModule, facts: DataFacts, history: list[dict[str, float]],
                 folder: Path, title: str) -> list[Path]:
+        assert isinstance(module, CaptioningModule)  # made by self.module
         made = [plot_learning_curves(history, folder / "learning_curves.png")] if history else []
         pairs, images = module.val_samples
         if pairs and images:

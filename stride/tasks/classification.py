@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import NonNegativeInt
@@ -30,6 +30,9 @@ from stride.lightning_modules.sequence_view import SequenceView
 from stride.plots import plot_confusion_matrix, plot_learning_curves
 from stride.tasks.base import DataFacts, Task, datamodule_arguments, register_task
 from stride.tasks.cam import plot_test_split_cams
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pytorch_lightning as pl
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +77,8 @@ def _datamodule_for(path: str | Path, **kwargs: Any) -> ShardedDataModule:
 
 class ClassificationTask(Task):
     name = "classification"
-    config_class = ClassificationConfig
-    dataset_tasks = ("classification",)
+    config_class: ClassVar[type[StrideConfig]] = ClassificationConfig
+    dataset_tasks: ClassVar[tuple[str, ...]] = ("classification",)
     class_activation_maps: ClassVar[bool] = True  # a grid of test CAMs when the network's head has them
 
     # -- training ---------------------------------------------------------------------------
@@ -114,8 +117,9 @@ class ClassificationTask(Task):
         return ClassificationModule(self.network(config, facts), facts.num_classes, config.optim, config.schedule,
                                     description=description)
 
-    def figures(self, module: ClassificationModule, facts: DataFacts, history: list[dict[str, float]],
+    def figures(self, module: pl.LightningModule, facts: DataFacts, history: list[dict[str, float]],
                 folder: Path, title: str) -> list[Path]:
+        assert isinstance(module, ClassificationModule)  # made by self.module
         made = []
         if history:
             made.append(plot_learning_curves(history, folder / "learning_curves.png"))

@@ -9,7 +9,7 @@ all faces, and Easy/Medium/Hard AP where the dataset recorded the official subse
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -27,6 +27,11 @@ from stride.metrics.detection_ap import wider_face_ap
 from stride.plots import plot_learning_curves
 from stride.tasks.base import DataFacts, Task, checked_datamodule_arguments, network_taking_pixels, register_task
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pytorch_lightning as pl
+
+    from stride.architectures.face_detector import FaceDetector
+
 DEFAULT_IMAGE_SIZE = 512  # the seed trains at 512 x 512 (docs/models.md, A3)
 EVAL_BATCH_SIZE = 8
 SUBSETS = ("easy", "medium", "hard")
@@ -38,7 +43,7 @@ class DetectionAugment(Section):
 
     horizontal_flip: bool = False
     random_crop: bool = False  # a random crop of part of the image
-    color_jitter: float = Field(0.0, ge=0, le=1)  # brightness/contrast/saturation jitter of this strength
+    color_jitter: float = Field(default=0.0, ge=0, le=1)  # brightness/contrast/saturation jitter of this strength
 
 
 class DetectionDataOptions(DataConfig):
@@ -89,11 +94,13 @@ class DetectionTask(Task):
 
     def module(self, config: StrideConfig, facts: DataFacts) -> DetectionModule:
         description = {"config": config_to_dict(config), "data": facts.as_dict()}
-        return DetectionModule(network_taking_pixels(config, facts), config.optim, config.schedule,
-                               description=description)
+        # config loading checks the architecture is a detection one: the registry builds those as FaceDetectors
+        network = cast("FaceDetector", network_taking_pixels(config, facts))
+        return DetectionModule(network, config.optim, config.schedule, description=description)
 
-    def figures(self, module: DetectionModule, facts: DataFacts, history: list[dict[str, float]],
+    def figures(self, module: pl.LightningModule, facts: DataFacts, history: list[dict[str, float]],
                 folder: Path, title: str) -> list[Path]:
+        assert isinstance(module, DetectionModule)  # made by self.module
         made = []
         if history:
             made.append(plot_learning_curves(history, folder / "learning_curves.png"))
@@ -158,8 +165,10 @@ class DetectionTask(Task):
 
     def batch_loss(self, network: nn.Module, batch: Any, forward: Any = None) -> torch.Tensor:
         images, targets = batch
-        anchors = network.anchors(*images.shape[-2:], images.device)
-        return detection_loss((forward or network)(images), anchors, targets, network).total
+        detector = cast("FaceDetector", network)  # the registry's detection architectures build FaceDetectors
+        height, width = images.shape[-2:]
+        anchors = detector.anchors(height, width, images.device)
+        return detection_loss((forward or network)(images), anchors, targets, detector).total
 
 
     # -- the registry -----------------------------------------------------------------------

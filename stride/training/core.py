@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
@@ -109,8 +109,10 @@ def train(config: StrideConfig, *, callbacks: Sequence[pl.Callback] = (), logger
     launch = launch or Launch()
     started = time.perf_counter()
     task = get_task(config.task)
-    # only global rank 0 hashes (other DDP ranks of this launch check sizes)
-    datamodule = open_datamodule(config, verify_checksums=launch.verify_checksums and rank_zero_only.rank == 0)
+    # only global rank 0 hashes (other DDP ranks of this launch check sizes); Lightning sets `rank` on
+    # `rank_zero_only` at import, an attribute its type lacks
+    datamodule = open_datamodule(config,
+                                 verify_checksums=launch.verify_checksums and cast(Any, rank_zero_only).rank == 0)
     if launch.resume_checkpoint:  # go on with that epoch's data order, not epoch 0's again
         datamodule.start_training_at(resumed_epoch(launch.resume_checkpoint))
     facts = DataFacts.of(datamodule)
@@ -119,14 +121,15 @@ def train(config: StrideConfig, *, callbacks: Sequence[pl.Callback] = (), logger
 
     history = EpochHistory()
     own: list[pl.Callback] = [NonFiniteLossGuard(config.trainer.log_every_n_steps), history]
+    monitor, mode = config.trainer.monitor, config.trainer.monitor_mode
+    assert monitor is not None and mode is not None, "filled in by config validation"
     checkpoint = None
     if launch.test:
         folder = launch.checkpoint_dir or (Path(config.trainer.checkpoint_dir) /
                                            f"{safe_filename(config.name)}-{uuid.uuid4().hex[:8]}")
-        checkpoint = ModelCheckpoint(dirpath=folder, filename="best-{epoch}", monitor=config.trainer.monitor,
-                                     mode=config.trainer.monitor_mode, save_top_k=1, save_last=True)
+        checkpoint = ModelCheckpoint(dirpath=folder, filename="best-{epoch}", monitor=monitor,
+                                     mode=mode, save_top_k=1, save_last=True)
         own.append(checkpoint)
-    monitor, mode = config.trainer.monitor, config.trainer.monitor_mode
     own += build_components("callbacks", config.callbacks, monitor, mode)
     loggers = [*loggers, *build_components("loggers", config.loggers, monitor, mode)]
     trainer = make_trainer(config, [*own, *callbacks], loggers, launch)

@@ -11,11 +11,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
 
 from stride.config.schema import TrainerConfig
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def uses_cuda(trainer: TrainerConfig) -> bool:
@@ -47,9 +50,11 @@ def prepare_network(network: nn.Module, trainer: TrainerConfig) -> Callable[[tor
     return torch.compile(network.forward) if trainer.compile else network
 
 
-def apply_speed_options(module: nn.Module, trainer: TrainerConfig) -> nn.Module:
+def apply_speed_options(module: ModuleT, trainer: TrainerConfig) -> ModuleT:
     """The same for a LightningModule holding its backbone as `.network` (e.g. ClassificationModule)."""
-    forward = prepare_network(module.network, trainer)
-    if forward is not module.network:
-        module.compiled_forward = forward
+    network = cast(nn.Module, module.network)
+    forward = prepare_network(network, trainer)
+    if forward is not network:
+        # torch types Module.__setattr__'s value as Tensor | Module, but any attribute may be set
+        module.compiled_forward = forward  # type: ignore[assignment]
     return module
