@@ -4,8 +4,8 @@ One configurable `FaceDetector`: a torchvision ResNet's conv1-conv5, a pyramid o
 (FaceNet v1.0: each of conv2..conv5 through its own 1x1 conv, plus conv6, a stride-2 conv on
 conv5; the variant: an FPN over C3-C5 plus P6), and two heads shared by every level that
 predict, for each anchor, class logits and four box offsets (RetinaNet, Lin et al. 2017).
-The seed's width:height ratios "1 : 1 and 1 : 2/3" are read as w/h in {1, 2/3}: faces, and the
-profile faces the second ratio is for, are taller than wide.
+The seed's width:height ratios "1 : 2/3 and 1 : 1" are w/h in {1, 1.5}: the second, wider than
+tall, is for faces turned sideways (docs/models.md, A3).
 
 Three registered defaults:
 - `facenet_v1_0`: ResNet-18, levels conv2..conv6, anchors 16..406 px, heads of 4 residual
@@ -328,7 +328,7 @@ def build_face_detector(
         pyramid: Literal["levels", "fpn"] = "levels",
         min_level: Annotated[int, Field(ge=2, le=5)] = 2, max_level: Annotated[int, Field(ge=5, le=7)] = 6,
         anchor_sizes_px: tuple[PositiveFloat, PositiveFloat] = (16.0, 256 * 2 ** (2 / 3)),
-        scales_per_level: PositiveInt = 3, aspect_ratios: tuple[PositiveFloat, ...] = (1.0, 2 / 3),
+        scales_per_level: PositiveInt = 3, aspect_ratios: tuple[PositiveFloat, ...] = (1.0, 1.5),
         head_block: Literal["bottleneck", "conv"] = "bottleneck", head_blocks: NonNegativeInt = 4,
         regression_head_blocks: NonNegativeInt | None = None, head_channels: PositiveInt = 128,
         head_norm: Literal["group", "batch"] = "group",
@@ -340,7 +340,7 @@ def build_face_detector(
         smooth_l1_beta: NonNegativeFloat = 1.0,
         score_threshold: UnitInterval = 0.05, nms_iou: UnitInterval = 0.4, pre_nms_top_k: PositiveInt = 5000,
         max_detections: PositiveInt = 750) -> FaceDetector:
-    """FaceNet v1.0: ResNet-18, levels conv2-conv6, anchors 16..406 px x w/h {1, 2/3}, bottleneck heads, softmax"""
+    """FaceNet v1.0: ResNet-18, levels conv2-conv6, anchors 16..406 px x w/h {1, 1.5}, bottleneck heads, softmax"""
     if len(input_shape) != 3 or input_shape[0] != 3:
         raise StrideError(f"face detectors take 3-channel images (C, H, W); the data's input shape is "
                           f"{tuple(input_shape)}")

@@ -113,7 +113,7 @@ def test_facenet_v1_0_anchors_at_128_px():
         width, height = first_cell[:, 2] - first_cell[:, 0], first_cell[:, 3] - first_cell[:, 1]
         sizes = [16 * 2 ** level * 2 ** (i / 3) for i in range(3)]  # 16..256 x {1, 2^(1/3), 2^(2/3)}
         torch.testing.assert_close(torch.sqrt(width * height), torch.tensor(sizes).repeat_interleave(2))
-        torch.testing.assert_close(width / height, torch.tensor([1.0, 2 / 3] * 3))
+        torch.testing.assert_close(width / height, torch.tensor([1.0, 1.5] * 3))  # w:h 1 : 2/3
         stride = 4 * 2 ** level
         centres = (level_anchors[:, :2] + level_anchors[:, 2:]) / 2
         assert torch.allclose(centres[0], torch.tensor([stride / 2, stride / 2]))
