@@ -17,27 +17,11 @@ from stride.benchmarking.timing import Throughput
 from stride.benchmarking.training import bare_throughput, build_network, stride_throughput
 from stride.config.schema import StrideConfig
 from stride.datamodules.workers import loader_workers
+from stride.hardware import device_description
 from stride.training import open_datamodule
 from stride.training.speed import resolve_channels_last, resolve_precision, uses_cuda
 
 PACKAGES = ("stride", "torch", "pytorch-lightning", "torchmetrics", "mlflow", "numpy")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
 
 
 def versions() -> dict[str, str]:
