@@ -99,6 +99,13 @@ LEADERBOARD_ARTIFACT = "leaderboard.csv"
 STATE_DIGESTS_ARTIFACT = "search_state_sha256.json"
 STATE_DIGESTS_TAG = "stride.state_sha256"  # the sha256 of that artifact
 
+# -- studies (tuning.study_run): a study is a search over the rows of a table of the research
+STUDY_TAG = "stride.study"  # on the parent run: the study's name; `stride study report --run` needs it
+STUDY_HARDWARE_TAG = "stride.study_hardware"  # on the parent run: the devices the rows trained on
+STUDY_ROW_TAG = "stride.study_row"  # on each trial's run: the row it trained
+STUDY_ARTIFACT = "study/study.json"  # on the parent run: the study and its scale
+STUDY_REPORT_ARTIFACT = "study/report.md"  # on the parent run: measured beside published (also a plot)
+
 # -- experiments stride creates besides the configs' `tracking.experiment`
 BENCH_EXPERIMENT = "stride-bench"  # `stride bench`'s runs of the stride path
 EVALUATIONS_EXPERIMENT = "evaluations"  # `stride evaluate`'s default: one run per evaluation

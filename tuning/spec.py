@@ -8,6 +8,7 @@ every corner of the space (all choices, both ends of every range) as a full conf
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -123,23 +124,39 @@ class ResolvedSearch:
     dimensions: list[Dimension]
     base_raw: dict[str, Any]
     base_source: str
+    # a search over rows of different configs (a study's table, tuning.study): the space's `row` key names
+    # the row whose config a trial starts from instead of the base; the base is the first row's
+    row_raws: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def task(self) -> str:
         return self.config_for({}, "base").task
 
     def config_for(self, params: dict[str, Any], label: str = "trial") -> StrideConfig:
-        return config_for_params(self.base_raw, params, f"{self.base_source} with {label} {params}")
+        raw, params = raw_for_row(self.base_raw, self.row_raws, params)
+        return config_for_params(raw, params, f"{self.base_source} with {label} {params}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec.model_dump(mode="json"), "source": self.source, "base_raw": self.base_raw,
-                "base_source": self.base_source}
+                "base_source": self.base_source, "row_raws": self.row_raws}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResolvedSearch:
         spec = SearchSpec.model_validate(data["spec"])
         dims = [parse_dimension(key, value, data["source"]) for key, value in spec.space.items()]
-        return cls(spec, data["source"], dims, data["base_raw"], data["base_source"])
+        return cls(spec, data["source"], dims, data["base_raw"], data["base_source"], data.get("row_raws", {}))
+
+
+ROW_KEY = "row"  # the space key of a search over rows (tuning.study)
+
+
+def raw_for_row(base_raw: dict[str, Any], row_raws: dict[str, dict[str, Any]],
+                params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config mapping a trial starts from (its row's, where the search has rows) and its other values."""
+    if ROW_KEY not in params or not row_raws:
+        return base_raw, params
+    rest = {k: v for k, v in params.items() if k != ROW_KEY}
+    return row_raws[params[ROW_KEY]], rest
 
 
 def spec_names() -> list[str]:
@@ -174,6 +191,13 @@ def load_search(name_or_path: str, overrides: Sequence[str] = (), spec_overrides
     """Read, validate and resolve a spec; `overrides` are extra `--set` items for the base config."""
     data, source, folder = read_spec(name_or_path)
     data.update(spec_overrides or {})
+    return resolve_spec(data, source, folder, overrides)
+
+
+def resolve_spec(data: dict[str, Any], source: str, folder: Path | None, overrides: Sequence[str] = (),
+                 row_raws: dict[str, dict[str, Any]] | None = None) -> ResolvedSearch:
+    """Validate and resolve a spec mapping (`row_raws`: the configs of a search over rows, tuning.study)."""
+    row_raws = row_raws or {}
     try:
         spec = SearchSpec.model_validate(data)
     except pydantic.ValidationError as err:
@@ -181,11 +205,15 @@ def load_search(name_or_path: str, overrides: Sequence[str] = (), spec_overrides
             f" (allowed: {', '.join(SearchSpec.model_fields)})" if e["type"] == "extra_forbidden" else "")
             for e in err.errors()]
         raise StrideError(f"{source}: invalid search spec: " + "; ".join(problems)) from None
-    base = spec.base
-    if folder is not None and not Path(base).is_absolute() and (folder / base).is_file():
-        base = str(folder / base)
-    base_raw, base_source = load_raw(base)
-    base_raw = copy.deepcopy(base_raw)
+    if row_raws:  # a search over rows: the first row's config is the base
+        first = next(iter(row_raws))
+        base_raw, base_source = copy.deepcopy(row_raws[first]), f"{source}, row {first}"
+    else:
+        base = spec.base
+        if folder is not None and not Path(base).is_absolute() and (folder / base).is_file():
+            base = str(folder / base)
+        base_raw, base_source = load_raw(base)
+        base_raw = copy.deepcopy(base_raw)
     all_overrides = [*spec.overrides, *overrides]
     for item in all_overrides:
         set_dotted(base_raw, *parse_override(item))
@@ -198,10 +226,10 @@ def load_search(name_or_path: str, overrides: Sequence[str] = (), spec_overrides
     assert spec.metric is not None, "trainer.monitor is filled in by config validation"
     spec.mode = spec.mode or ("min" if spec.metric.endswith("loss") else "max")
     dimensions = [parse_dimension(key, value, source) for key, value in spec.space.items()]
-    check_keys(dimensions, base_raw, source)
+    check_keys([d for d in dimensions if not (row_raws and d.key == ROW_KEY)], base_raw, source)
     check_algorithm(spec, dimensions, source)
-    check_corners(dimensions, base_raw, f"{source} (base {base_source})")
-    return ResolvedSearch(spec, source, dimensions, base_raw, base_source)
+    check_corners(dimensions, base_raw, f"{source} (base {base_source})", row_raws)
+    return ResolvedSearch(spec, source, dimensions, base_raw, base_source, row_raws)
 
 
 def _absolute_data_path(raw: dict[str, Any]) -> None:
@@ -332,7 +360,8 @@ def applicable_params(params: dict[str, Any]) -> dict[str, Any]:
             if not k.startswith("model.") or k == "model.architecture" or k.split(".")[1] in keep}
 
 
-def check_corners(dimensions: list[Dimension], base_raw: dict[str, Any], source: str) -> None:
+def check_corners(dimensions: list[Dimension], base_raw: dict[str, Any], source: str,
+                  row_raws: dict[str, dict[str, Any]] | None = None) -> None:
     """Validate every combination of corner values (or each key's corners alone when there are too many)."""
     corner_lists = [d.corners() for d in dimensions]
     keys = [d.key for d in dimensions]
@@ -343,7 +372,7 @@ def check_corners(dimensions: list[Dimension], base_raw: dict[str, Any], source:
         combos = ({**first, k: v} for k, c in zip(keys, corner_lists) for v in c)
     for params in combos:
         try:
-            config_for_params(base_raw, params, "")
+            config_for_params(*raw_for_row(base_raw, row_raws or {}, params), "")
         except StrideError as err:
             problem = str(err).split("invalid config: ", 1)[-1]
             raise StrideError(f"{source}: the space reaches an invalid config at {params}: {problem}") from None

@@ -15,13 +15,13 @@ from typing import Any
 import pytorch_lightning as pl
 
 from stride.config.schema import StrideConfig
-from stride.tracking.contract import SEARCH_ID_TAG, TRIAL_ID_TAG
+from stride.tracking.contract import SEARCH_ID_TAG, STUDY_ROW_TAG, TRIAL_ID_TAG
 from stride.tuning.cluster import TrialResources
 from stride.tuning.distributed import fit_with_ray_train, storage_join
 from stride.tuning.job import TrainingJob, train_in_ray
 from stride.tuning.pbt import ApplyTrialOptim
 from stride.tuning.runs import find_run, trial_run_key
-from stride.tuning.spec import ResolvedSearch
+from stride.tuning.spec import ROW_KEY, ResolvedSearch
 
 
 @dataclass
@@ -45,6 +45,11 @@ def trial_config(setup: TrialSetup, params: dict[str, Any], trial_id: str) -> St
     # relative checkpoint folders land in the trial's own working folder (Tune changes into it)
     config.trainer.checkpoint_dir = str(Path(config.trainer.checkpoint_dir).absolute())
     return config
+
+
+def study_row_tag(params: dict[str, Any]) -> dict[str, str]:
+    """A study's trial names its row (tuning.study): the report groups runs by it."""
+    return {STUDY_ROW_TAG: str(params[ROW_KEY])} if ROW_KEY in params else {}
 
 
 def trial_run_name(recipe: str, params: dict[str, Any]) -> str:
@@ -77,7 +82,8 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
         callbacks.append(ApplyTrialOptim(config.optim))
     job = TrainingJob(config, setup.tracking_uri, run_key=trial_run_key(setup.search_id, trial_id),
                       run_name=trial_run_name(config.name, params), parent_run_id=setup.search_id,
-                      tags={SEARCH_ID_TAG: setup.search_id, TRIAL_ID_TAG: trial_id}, extra_callbacks=callbacks)
+                      tags={SEARCH_ID_TAG: setup.search_id, TRIAL_ID_TAG: trial_id, **study_row_tag(params)},
+                      extra_callbacks=callbacks)
     if finished := finished_run(job):
         # Tune lost the news that this trial finished (its driver was killed before saving its state):
         # report what the run recorded instead of training, testing and logging it a second time
