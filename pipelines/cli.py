@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "stride.pipelines.train",
     "stride.pipelines.quickstart",
     "stride.pipelines.tune",
+    "stride.pipelines.study",
     "stride.pipelines.submit",
     "stride.pipelines.promote",
     "stride.pipelines.registry",
