@@ -29,7 +29,6 @@ from stride.tuning.spec import ROW_KEY, ResolvedSearch, _absolute_data_path, res
 
 STUDY_PACKAGE = "stride.tuning.studies"
 SEED_KEY = "trainer.seed"  # repeats differ only in their seed
-BUILT_IN_DATA = ("digits",)  # datasets a scale may prepare itself (`prepare:`), offline
 
 
 class StudyRow(BaseModel):
@@ -55,7 +54,8 @@ class StudyScale(BaseModel):
     overrides: list[str] = []  # for every row at this scale
     recipes: dict[str, str] = {}  # row -> the recipe it trains at this scale instead (e.g. on built-in data)
     row_overrides: dict[str, list[str]] = {}
-    prepare: Literal["digits"] | None = None  # a built-in dataset made under the storage folder, as data.path
+    # a built-in dataset (stride data prepare NAME) made once under the storage folder and used as data.path
+    prepare: Literal["digits", "patches", "faces", "shapes-captions"] | None = None
 
 
 class StudySpec(BaseModel):

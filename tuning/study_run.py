@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +36,24 @@ EPOCH_METRIC = "val_loss"  # every task logs it once per validation epoch (light
 PREPARED_DATA = "study-data"  # built-in datasets a scale prepares, under the storage folder
 
 
-def prepare_built_in(plan_scale_prepare: str | None, storage: str) -> str | None:
+def prepare_built_in(dataset: str | None, storage: str) -> str | None:
     """The path of a built-in dataset a scale trains on, prepared once under the storage folder."""
-    if plan_scale_prepare is None:
+    if dataset is None:
         return None
     if "://" in storage:
-        raise StrideError(f"a {plan_scale_prepare} study scale prepares its data beside --storage, which must be a "
+        raise StrideError(f"a study scale that prepares {dataset} keeps it beside --storage, which must be a "
                           "local folder; prepare the data yourself and pass --set data.path=...")
     from stride.datamodules.manifest import MANIFEST_NAME
     from stride.datamodules.sources.digits import prepare_digits
+    from stride.datamodules.sources.faces import prepare_faces
+    from stride.datamodules.sources.patches import prepare_patches
+    from stride.datamodules.sources.shapes_captions import prepare_shapes_captions
 
-    out = Path(storage_root(storage)) / PREPARED_DATA / plan_scale_prepare
+    prepare: dict[str, Callable[[Path], Any]] = {"digits": prepare_digits, "patches": prepare_patches,
+                                                 "faces": prepare_faces, "shapes-captions": prepare_shapes_captions}
+    out = Path(storage_root(storage)) / PREPARED_DATA / dataset
     if not (out / MANIFEST_NAME).is_file():
-        prepare_digits(out)
+        prepare[dataset](out)
     return str(out.absolute())
 
 
