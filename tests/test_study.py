@@ -103,4 +103,4 @@ def test_list_and_show(capsys):
     shown = capsys.readouterr().out
     assert "p-radical" in shown and "97.82" in shown and "scale smoke:" in shown
     assert main(["study", "show", "no-such-study"]) != 0
-    assert "unknown study 'no-such-study'; built-in studies:" in capsys.readouterr().err
+    assert "unknown study 'no-such-study'; built-in: a-table3-cnn-vs-ffn" in capsys.readouterr().err

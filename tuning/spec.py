@@ -159,31 +159,39 @@ def raw_for_row(base_raw: dict[str, Any], row_raws: dict[str, dict[str, Any]],
     return row_raws[params[ROW_KEY]], rest
 
 
+def packaged_names(package: str) -> list[str]:
+    """The built-in YAML files of `package`, by name."""
+    return sorted(p.name[:-5] for p in resources.files(package).iterdir() if p.name.endswith(".yaml"))
+
+
+def read_named_yaml(name_or_path: str, package: str, kind: str, fields: str) -> tuple[dict[str, Any], str, Path | None]:
+    """A built-in `kind` of `package` by name or a YAML file: (its mapping with `name` set, a source label, the
+    folder relative paths in it start from). `fields` says what the mapping holds, for the error."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise StrideError(f"{kind} {path} does not exist")
+        text, source, folder = path.read_text(), str(path), path.absolute().parent
+    elif name_or_path in packaged_names(package):
+        text = resources.files(package).joinpath(f"{name_or_path}.yaml").read_text()
+        source, folder = f"{kind} {name_or_path}", None
+    else:
+        raise StrideError(f"unknown {kind} {name_or_path!r}; built-in: {', '.join(packaged_names(package))} "
+                          "(or give a path to a .yaml file)")
+    data = load_yaml(text, source) or {}
+    if not isinstance(data, dict):
+        raise StrideError(f"{source}: expected a mapping ({fields}), got {type(data).__name__}")
+    data.setdefault("name", path.stem if folder is not None else name_or_path)
+    return data, source, folder
+
+
 def spec_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files(SPEC_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+    return packaged_names(SPEC_PACKAGE)
 
 
 def read_spec(name_or_path: str) -> tuple[dict[str, Any], str, Path | None]:
     """Built-in spec by name or a YAML file; returns (mapping, source label, folder for relative bases)."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise StrideError(f"search spec {path} does not exist")
-        text, source, folder = path.read_text(), str(path), path.absolute().parent
-    elif name_or_path in spec_names():
-        text = resources.files(SPEC_PACKAGE).joinpath(f"{name_or_path}.yaml").read_text()
-        source, folder = f"search spec {name_or_path}", None
-    else:
-        raise StrideError(f"unknown search spec {name_or_path!r}; built-in specs: {', '.join(spec_names())} "
-                          "(or give a path to a .yaml file)")
-    data = load_yaml(text, source) or {}
-    if not isinstance(data, dict):
-        raise StrideError(f"{source}: expected a mapping (base, space, ...), got {type(data).__name__}")
-    if folder is None:
-        data.setdefault("name", name_or_path)
-    else:
-        data.setdefault("name", path.stem)
-    return data, source, folder
+    return read_named_yaml(name_or_path, SPEC_PACKAGE, "search spec", "base, space, ...")
 
 
 def load_search(name_or_path: str, overrides: Sequence[str] = (), spec_overrides: dict[str, Any] | None = None

@@ -14,18 +14,23 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from stride.bounded_loading import load_yaml
 from stride.config.loading import load_raw, parse_override, set_dotted, validate
 from stride.errors import StrideError
 from stride.names import plain_name
-from stride.tuning.spec import ROW_KEY, ResolvedSearch, _absolute_data_path, resolve_spec
+from stride.tuning.spec import (
+    ROW_KEY,
+    ResolvedSearch,
+    _absolute_data_path,
+    packaged_names,
+    read_named_yaml,
+    resolve_spec,
+)
 
 STUDY_PACKAGE = "stride.tuning.studies"
 SEED_KEY = "trainer.seed"  # repeats differ only in their seed
@@ -95,26 +100,12 @@ class StudySpec(BaseModel):
 
 
 def study_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files(STUDY_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+    return packaged_names(STUDY_PACKAGE)
 
 
 def load_study(name_or_path: str) -> tuple[StudySpec, str, Path | None]:
     """A built-in study by name or a YAML file: (the checked study, its source label, its folder)."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise StrideError(f"study {path} does not exist")
-        text, source, folder = path.read_text(), str(path), path.absolute().parent
-    elif name_or_path in study_names():
-        text = resources.files(STUDY_PACKAGE).joinpath(f"{name_or_path}.yaml").read_text()
-        source, folder = f"study {name_or_path}", None
-    else:
-        raise StrideError(f"unknown study {name_or_path!r}; built-in studies: {', '.join(study_names())} "
-                          "(or give a path to a .yaml file)")
-    data = load_yaml(text, source) or {}
-    if not isinstance(data, dict):
-        raise StrideError(f"{source}: expected a mapping (title, source, metric, rows, ...), got {type(data).__name__}")
-    data.setdefault("name", path.stem if folder is not None else name_or_path)
+    data, source, folder = read_named_yaml(name_or_path, STUDY_PACKAGE, "study", "title, source, metric, rows, ...")
     try:
         return StudySpec.model_validate(data), source, folder
     except pydantic.ValidationError as err:
