@@ -10,7 +10,10 @@ architecture registry) call `discover` once before they give up, so nothing impo
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import pkgutil
@@ -35,14 +38,37 @@ def import_submodules(package: str) -> None:
             importlib.import_module(f"{package}.{info.name}")
 
 
-def _load_file(path: str) -> None:
-    name = f"stride_plugin_{abs(hash(os.path.abspath(path)))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise StrideError(f"${PLUGINS_ENV}: {path} is not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+def plugin_module_name(path: str) -> str:
+    """The module name of a plugin file: the same in every process (objects of its classes are pickled by it)."""
+    return "stride_plugin_" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+
+
+def _plugin_files() -> dict[str, str]:
+    items = (part.strip() for part in os.environ.get(PLUGINS_ENV, "").split(","))
+    return {plugin_module_name(item): os.path.abspath(item) for item in items if item.endswith(".py")}
+
+
+class _PluginFileFinder(importlib.abc.MetaPathFinder):
+    """Imports a plugin file by its module name, so that unpickling an object of a plugin's class works in a
+    process that has not loaded the plugins yet (a Ray worker given a trial's config)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        file = _plugin_files().get(name)
+        return importlib.util.spec_from_file_location(name, file) if file else None
+
+
+def install_plugin_finder() -> None:
+    if not any(isinstance(finder, _PluginFileFinder) for finder in sys.meta_path):
+        sys.meta_path.append(_PluginFileFinder())
+
+
+def _absolute_plugin_paths() -> None:
+    """Plugin files named relative to where the command started: children that run elsewhere (Ray trials run in
+    their own folders) get the same files."""
+    items = [part.strip() for part in os.environ.get(PLUGINS_ENV, "").split(",") if part.strip()]
+    absolute = [os.path.abspath(item) if item.endswith(".py") else item for item in items]
+    if absolute != items:
+        os.environ[PLUGINS_ENV] = ",".join(absolute)
 
 
 def load_plugins() -> None:
@@ -51,12 +77,19 @@ def load_plugins() -> None:
         if entry.value not in _loaded:
             _loaded.add(entry.value)
             entry.load()
+    _absolute_plugin_paths()
+    install_plugin_finder()
     for item in filter(None, (part.strip() for part in os.environ.get(PLUGINS_ENV, "").split(","))):
         if item in _loaded:
             continue
         _loaded.add(item)
         try:
-            _load_file(item) if item.endswith(".py") else importlib.import_module(item)
+            if item.endswith(".py"):
+                if not os.path.isfile(item):
+                    raise OSError(f"no file {item}")
+                importlib.import_module(plugin_module_name(item))
+            else:
+                importlib.import_module(item)
         except (ImportError, OSError) as err:
             raise StrideError(f"${PLUGINS_ENV}: cannot import {item!r} ({err})") from None
 
