@@ -35,6 +35,7 @@ from stride.datamodules.manifest import ShardEntry
 from stride.datamodules.tar_samples import tar_samples
 from stride.errors import StrideError
 
+GZIP_MAGIC = b"\x1f\x8b"
 KEY_FIELD = "__key__"  # a pseudo-field: the sample's key, for tracing samples
 
 
@@ -76,6 +77,10 @@ def iter_shard(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, dict[
     last_key = "(start of shard)"
     try:
         with open(path, "rb") as handle:
+            if handle.read(2) == GZIP_MAGIC:
+                raise StrideError(f"shard {path} is gzip-compressed; stride's shards are plain tar files (write them "
+                                  "with `stride data prepare`)")
+            handle.seek(0)
             for key, sample in tar_samples(handle, str(path)):
                 missing = [f for f in fields if f not in sample and f != KEY_FIELD]
                 if missing:

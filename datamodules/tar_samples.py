@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import tarfile
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from stride.errors import StrideError
 from stride.names import is_plain_relative
@@ -70,6 +70,7 @@ def tar_samples(stream: BinaryIO, source: str) -> Iterator[tuple[str, dict[str, 
             payload = tar.extractfile(member)
             assert payload is not None  # a regular file always has a payload
             fields[field] = payload.read()
+            cast(Any, tar).members.clear()  # tarfile keeps every header it read, even when streaming
     if key is not None:
         yield key, fields
 

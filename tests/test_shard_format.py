@@ -92,3 +92,13 @@ def test_a_shard_cut_between_members_is_not_taken_for_a_shorter_shard():
                    whole[:second_sample] + b"garbage!" * 64 + whole[second_sample + 512:]):
         with pytest.raises(tarfile.ReadError, match="no end-of-archive block at byte 2560"):
             list(tar_samples(io.BytesIO(broken), "cut.tar"))
+
+
+def test_a_gzip_compressed_shard_is_named_as_such(digits_shards, tmp_path):
+    import gzip
+
+    shard = read_manifest(digits_shards).split("val").shards[0]
+    packed = tmp_path / "packed.tar"
+    packed.write_bytes(gzip.compress((digits_shards / shard.name).read_bytes()))
+    with pytest.raises(StrideError, match="packed.tar is gzip-compressed; stride's shards are plain tar files"):
+        list(iter_shard(packed, ("png", "cls")))
