@@ -104,3 +104,25 @@ def test_list_and_show(capsys):
     assert "p-radical" in shown and "97.82" in shown and "scale smoke:" in shown
     assert main(["study", "show", "no-such-study"]) != 0
     assert "unknown study 'no-such-study'; built-in: a-table3-cnn-vs-ffn" in capsys.readouterr().err
+
+
+def test_the_users_data_path_wins_over_a_prepared_one_and_overrides_reach_every_row():
+    study, source, folder = load_study("a-table3-cnn-vs-ffn")
+    plan = plan_study(study, source, folder, scale="smoke", data_path="/prepared/digits",
+                      overrides=["data.path=/mine #1", "trainer.max_epochs=7"])
+    for row in study.rows:
+        config = plan.search.config_for({ROW_KEY: row.name})
+        assert config.trainer.max_epochs == 7 and config.data.path == "/mine"  # YAML: ' #1' is a comment
+    assert plan_study(study, source, folder, scale="smoke", data_path="/my #storage/digits").search.config_for(
+        {ROW_KEY: "ffn"}).data.path == "/my #storage/digits"  # a path stride sets is taken as it is
+
+
+def test_a_study_run_resumes_only_at_the_scale_it_was_started_with(tmp_path):
+    from stride.tuning.search import write_record
+    from stride.tuning.study_run import resume_study
+
+    write_record(str(tmp_path), "smoke-run", {"search": {"source": "study a-table3-cnn-vs-ffn (smoke)"}})
+    study, _, _ = load_study("a-table3-cnn-vs-ffn")
+    with pytest.raises(StrideError, match=r"started as 'study a-table3-cnn-vs-ffn \(smoke\)'; resume it with the "
+                                          "same --scale"):
+        resume_study("smoke-run", study, "full", storage=str(tmp_path))

@@ -101,7 +101,7 @@ STATE_DIGESTS_TAG = "stride.state_sha256"  # the sha256 of that artifact
 
 # -- studies (tuning.study_run): a study is a search over the rows of a table of the research
 STUDY_TAG = "stride.study"  # on the parent run: the study's name; `stride study report --run` needs it
-STUDY_HARDWARE_TAG = "stride.study_hardware"  # on the parent run: the devices the rows trained on
+STUDY_HARDWARE_TAG = "stride.study_hardware"  # on each trial's run: its devices; on the parent: all rows''
 STUDY_ROW_TAG = "stride.study_row"  # on each trial's run: the row it trained
 STUDY_ARTIFACT = "study/study.json"  # on the parent run: the study and its scale
 STUDY_REPORT_ARTIFACT = "study/report.md"  # on the parent run: measured beside published (also a plot)

@@ -31,7 +31,7 @@ from stride.tuning import leaderboard, runs
 from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
 from stride.tuning.integrity import CheckpointRefused, record_state, refuse_unloadable_checkpoints, verify_state
 from stride.tuning.space import TIME_ATTR
-from stride.tuning.spec import ResolvedSearch, applicable_params, load_search, trial_count
+from stride.tuning.spec import ROW_KEY, ResolvedSearch, applicable_params, load_search, trial_count
 
 META_FILE = "stride_search.json"
 DEFAULT_STORAGE = "ray_results"
@@ -141,12 +141,16 @@ def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tra
 def check_datasets(search: ResolvedSearch) -> None:
     """Hash every dataset the trials read, once, here in the driver (trials then check sizes only), and
     decode the splits of a cached one (`data.cache`), so that trials only read that cache."""
-    paths = {search.config_for({}, "base").data.path}
+    starts: list[dict[str, Any]] = [{ROW_KEY: row} for row in search.row_raws] or [{}]  # a study: every row's
+    paths: dict[str, dict[str, Any]] = {}  # dataset -> a config start that reads it
+    for start in starts:
+        paths.setdefault(search.config_for(start, "base").data.path, start)
     for dim in search.dimensions:
         if dim.key == "data.path":
-            paths |= set(dim.args)
-    for path in sorted(paths):
-        datamodule = open_datamodule(search.config_for({"data.path": path} if path else {}, "base"))
+            for path in dim.args:
+                paths.setdefault(path, starts[0])
+    for path, start in sorted(paths.items()):
+        datamodule = open_datamodule(search.config_for({**start, "data.path": path}, "base"))
         if datamodule.cache != "none":
             datamodule.build_cache()
 

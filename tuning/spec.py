@@ -223,11 +223,14 @@ def resolve_spec(data: dict[str, Any], source: str, folder: Path | None, overrid
         base_raw, base_source = load_raw(base)
         base_raw = copy.deepcopy(base_raw)
     all_overrides = [*spec.overrides, *overrides]
+    row_raws = {name: copy.deepcopy(raw) for name, raw in row_raws.items()}
     for item in all_overrides:
-        set_dotted(base_raw, *parse_override(item))
+        for raw in (base_raw, *row_raws.values()):
+            set_dotted(raw, *parse_override(item))
     if all_overrides:
         base_source += " with " + " ".join(all_overrides)
-    _absolute_data_path(base_raw)
+    for raw in (base_raw, *row_raws.values()):
+        _absolute_data_path(raw)
     base_config = validate(base_raw, base_source)  # the base alone must be a valid config
     if spec.metric is None:
         spec.metric, spec.mode = base_config.trainer.monitor, spec.mode or base_config.trainer.monitor_mode

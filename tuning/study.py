@@ -138,11 +138,11 @@ def plan_study(study: StudySpec, source: str, folder: Path | None, *, scale: str
             recipe = str(folder / recipe)
         raw, _ = load_raw(recipe)
         raw = copy.deepcopy(raw)
-        items = [*row.overrides, *chosen.overrides, *chosen.row_overrides.get(row.name, []), *overrides,
-                 f"tracking.experiment=study-{study.name}", f"name={study.name}-{row.name}"]
-        if data_path:
-            items.append(f"data.path={data_path}")
-        for item in items:
+        set_dotted(raw, "tracking.experiment", f"study-{study.name}")
+        set_dotted(raw, "name", f"{study.name}-{row.name}")
+        if data_path:  # a prepared built-in dataset; the user's own data.path (in `overrides`) wins
+            set_dotted(raw, "data.path", data_path)
+        for item in [*row.overrides, *chosen.overrides, *chosen.row_overrides.get(row.name, []), *overrides]:
             set_dotted(raw, *parse_override(item))
         _absolute_data_path(raw)
         validate(raw, f"{source}, row {row.name} ({recipe})")  # every row is a valid config before Ray starts

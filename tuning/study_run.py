@@ -28,7 +28,7 @@ from stride.tracking.contract import (
 )
 from stride.tracking.store import check_reachable, resolve_tracking_uri
 from stride.tuning.cluster import TrialResources
-from stride.tuning.search import DEFAULT_STORAGE, SearchResult, resume_search, run_search, storage_root
+from stride.tuning.search import DEFAULT_STORAGE, SearchResult, read_record, resume_search, run_search, storage_root
 from stride.tuning.spec import ROW_KEY
 from stride.tuning.study import StudyPlan, StudyReport, StudySpec, report_rows
 
@@ -70,6 +70,10 @@ def resume_study(name: str, study: StudySpec, scale: str, *, tracking_uri: str |
                  verbose: bool = False) -> tuple[SearchResult, StudyReport]:
     """Continue a study run whose driver stopped: finished rows stay, the rest go on from their checkpoints
     (the search's integrity checks apply); `study` and `scale` come from the user, as they started it."""
+    record = read_record(storage_root(storage), name)
+    recorded = str(((record or {}).get("search") or {}).get("source", ""))
+    if record is not None and not recorded.endswith(f"({scale})"):
+        raise StrideError(f"study run {name} was started as {recorded!r}; resume it with the same --scale")
     result = resume_search(name, storage=storage, address=address, verbose=verbose, tracking_uri=tracking_uri)
     searched = MlflowClient(result.tracking_uri).get_run(result.parent_run_id).data.tags.get(SEARCH_SPEC_TAG)
     if searched not in (None, study.name):
@@ -113,16 +117,16 @@ def trial_figures(uri: str, parent_run_id: str, metric: str) -> list[dict[str, A
                        "parameters": int(params[NUM_PARAMS_PARAM]) if NUM_PARAMS_PARAM in params else None,
                        # a restarted trial logs the epochs since its checkpoint again, at the same steps
                        "epochs": len({m.step for m in client.get_metric_history(run.info.run_id, EPOCH_METRIC)}),
-                       "seconds": metrics.get(WALL_TIME_METRIC)})
+                       "seconds": metrics.get(WALL_TIME_METRIC), "hardware": run.data.tags.get(STUDY_HARDWARE_TAG)})
     return trials
 
 
 def publish_report(uri: str, parent_run_id: str, study: StudySpec, scale: str,
                    result: SearchResult | None) -> StudyReport:
     client = MlflowClient(uri)
-    tags = client.get_run(parent_run_id).data.tags
-    hardware = tags.get(STUDY_HARDWARE_TAG) or this_machine()
-    report = StudyReport(study, scale, hardware, report_rows(study, trial_figures(uri, parent_run_id, study.metric)))
+    trials = trial_figures(uri, parent_run_id, study.metric)
+    hardware = "; ".join(sorted({t["hardware"] for t in trials if t.get("hardware")})) or this_machine()
+    report = StudyReport(study, scale, hardware, report_rows(study, trials))
     client.set_tag(parent_run_id, STUDY_TAG, study.name)
     client.set_tag(parent_run_id, STUDY_HARDWARE_TAG, hardware)
     with tempfile.TemporaryDirectory() as tmp:

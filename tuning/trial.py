@@ -15,7 +15,8 @@ from typing import Any
 import pytorch_lightning as pl
 
 from stride.config.schema import StrideConfig
-from stride.tracking.contract import SEARCH_ID_TAG, STUDY_ROW_TAG, TRIAL_ID_TAG
+from stride.hardware import this_machine
+from stride.tracking.contract import SEARCH_ID_TAG, STUDY_HARDWARE_TAG, STUDY_ROW_TAG, TRIAL_ID_TAG
 from stride.tuning.cluster import TrialResources
 from stride.tuning.distributed import fit_with_ray_train, storage_join
 from stride.tuning.job import TrainingJob, train_in_ray
@@ -48,8 +49,11 @@ def trial_config(setup: TrialSetup, params: dict[str, Any], trial_id: str) -> St
 
 
 def study_row_tag(params: dict[str, Any]) -> dict[str, str]:
-    """A study's trial names its row (tuning.study): the report groups runs by it."""
-    return {STUDY_ROW_TAG: str(params[ROW_KEY])} if ROW_KEY in params else {}
+    """A study's trial names its row (tuning.study), by which the report groups runs, and its devices."""
+    if ROW_KEY not in params:
+        return {}
+    # the devices this trial trains on (Ray shows a trial only its own GPUs), for the study's report
+    return {STUDY_ROW_TAG: str(params[ROW_KEY]), STUDY_HARDWARE_TAG: this_machine()}
 
 
 def trial_run_name(recipe: str, params: dict[str, Any]) -> str:
