@@ -82,7 +82,8 @@ def run_study_command(args: argparse.Namespace) -> int:
                                           storage=args.storage, address=args.address)
         else:
             scale = study.scales.get(args.scale)
-            data_path = prepare_built_in(scale.prepare if scale else None, args.storage)
+            own_data = any(item.startswith("data.path=") for item in args.overrides)  # nothing to prepare then
+            data_path = prepare_built_in(scale.prepare if scale and not own_data else None, args.storage)
             plan = plan_study(study, source, folder, scale=args.scale, repeats=args.repeats, overrides=args.overrides,
                               data_path=data_path)
             resources = TrialResources(cpus=args.cpus_per_row, gpus=args.gpus_per_row)
