@@ -18,7 +18,9 @@ import importlib.util
 import os
 import pkgutil
 import sys
+from collections.abc import Callable
 from importlib.metadata import entry_points
+from typing import TypeVar
 
 from stride.errors import StrideError
 
@@ -28,6 +30,7 @@ ENTRY_POINT_GROUP = "stride.plugins"
 BUILT_IN = ("stride.architectures", "stride.tasks", "stride.serving")
 
 _loaded: set[str] = set()
+T = TypeVar("T")
 
 
 def import_submodules(package: str) -> None:
@@ -99,3 +102,14 @@ def discover() -> None:
     for package in BUILT_IN:
         importlib.import_module(package)
     load_plugins()
+
+
+def registered(registry: dict[str, T], name: str, unknown: Callable[[str], str]) -> T:
+    """`registry[name]`, importing every plugin once if it is not there yet; else a StrideError whose message
+    `unknown` makes from the registered names. What the task, task-config and serving lookups share."""
+    if name not in registry:
+        discover()
+    try:
+        return registry[name]
+    except KeyError:
+        raise StrideError(unknown(", ".join(sorted(registry)))) from None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from stride.config.schema import DataConfig, StrideConfig
-from stride.errors import StrideError
+from stride.plugins import registered
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,7 @@ def register_task_config(entry: TaskConfig) -> None:
 
 
 def task_config(name: str) -> TaskConfig:
-    if name not in _REGISTERED:
-        from stride.plugins import discover
-
-        discover()
-    try:
-        return _REGISTERED[name]
-    except KeyError:
-        raise StrideError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(_REGISTERED))}") from None
+    return registered(_REGISTERED, name, lambda names: f"unknown task {name!r}; registered tasks: {names}")
 
 
 def registered_task_configs() -> list[TaskConfig]:

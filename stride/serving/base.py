@@ -18,6 +18,7 @@ import numpy as np
 from torch import nn
 
 from stride.errors import StrideError
+from stride.plugins import registered
 from stride.tasks import DataFacts
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -123,12 +124,5 @@ def register_serving(serving: Serving) -> Serving:
 
 
 def get_serving(task: str) -> Serving:
-    if task not in _SERVING:
-        from stride.plugins import discover
-
-        discover()
-    try:
-        return _SERVING[task]
-    except KeyError:
-        raise StrideError(f"task {task!r} has no serving code registered (registered: {', '.join(sorted(_SERVING))})"
-                          ) from None
+    return registered(_SERVING, task,
+                      lambda names: f"task {task!r} has no serving code registered (registered: {names})")

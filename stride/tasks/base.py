@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from torch import nn
 
 from stride.errors import StrideError
+from stride.plugins import registered
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pytorch_lightning as pl
@@ -162,11 +163,4 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str) -> Task:
-    if name not in _TASKS:
-        from stride.plugins import discover
-
-        discover()
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise StrideError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(_TASKS))}") from None
+    return registered(_TASKS, name, lambda names: f"unknown task {name!r}; registered tasks: {names}")
