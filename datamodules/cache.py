@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from stride.datamodules.location import DatasetLocation, dataset_location
 from stride.datamodules.manifest import Manifest, ShardEntry, sha256_of, verify_shards
 from stride.datamodules.memory_budget import host_budget_bytes
-from stride.datamodules.streaming import KEY_FIELD, decode_member, iter_shard, plan_slot
+from stride.datamodules.streaming import KEY_FIELD, decode_member, iter_stored_shard, plan_slot
 from stride.errors import StrideError
 
 log = logging.getLogger(__name__)
@@ -54,28 +55,30 @@ class DecodedSplit:
     arrays: dict[str, np.ndarray]
     keys: np.ndarray
 
-def cache_folder(root: Path, split: str, manifest_sha256: str) -> Path:
-    """Beside the shards; for a dataset folder this user cannot write (shared storage), under
-    $STRIDE_CACHE_DIR or ~/.cache/stride instead (the manifest digest in the name keeps datasets apart)."""
+def cache_folder(root: DatasetLocation, split: str, manifest_sha256: str) -> Path:
+    """Beside the shards; for a dataset folder this user cannot write (shared storage) or a bucket, under
+    $STRIDE_CACHE_DIR or ~/.cache/stride instead, once per node (the manifest digest in the name keeps
+    datasets apart)."""
     name = f"{split}-{manifest_sha256[:32]}"
-    if os.access(root, os.W_OK):
-        return Path(root) / CACHE_FOLDER / name
+    if root.local is not None and os.access(root.local, os.W_OK):
+        return root.local / CACHE_FOLDER / name
     return Path(os.environ.get("STRIDE_CACHE_DIR", Path.home() / ".cache" / "stride")) / name
 
 
-def open_decoded_split(root: Path, manifest: Manifest, manifest_sha256: str, split: str, *,
+def open_decoded_split(root: str | Path | DatasetLocation, manifest: Manifest, manifest_sha256: str, split: str, *,
                        checksums: bool = True) -> DecodedSplit:
     """The split's cache of every member in the sample schema, memory-mapped: reused when intact,
     (re)built from the shards otherwise. Sizes are checked every time; the sha256s with `checksums`
     (once per process), as for shards: a search's trials and the other DDP ranks check sizes only."""
     fields = tuple(manifest.sample_schema)
+    root = dataset_location(root)
     folder = cache_folder(root, split, manifest_sha256)
     expected = (folder, manifest_sha256, manifest.split(split).num_samples, fields)
     problem = _check(*expected, checksums=checksums)
     if problem:
         if folder.exists():
             log.warning("rebuilding the decoded cache %s: %s", folder, problem)
-        _build(Path(root), manifest, manifest_sha256, split, fields, folder,
+        _build(root, manifest, manifest_sha256, split, fields, folder,
                intact=lambda: _check(*expected, checksums=True) is None)
         problem = _check(*expected, checksums=False)  # hashed while it was written
         if problem:
@@ -114,14 +117,15 @@ def _check(folder: Path, manifest_sha256: str, num_samples: int, fields: tuple[s
     return None
 
 
-def _build(root: Path, manifest: Manifest, manifest_sha256: str, split: str, fields: tuple[str, ...],
+def _build(root: DatasetLocation, manifest: Manifest, manifest_sha256: str, split: str, fields: tuple[str, ...],
            folder: Path, intact: Callable[[], bool]) -> None:
     shards = manifest.split(split).shards
     total = manifest.split(split).num_samples
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        # every shard's sha256 against the manifest; once per process, so not again after setup hashed them
+        # every shard's sha256 against the manifest: a folder's once per process (not again after setup
+        # hashed them), a bucket's while its shards are decoded
         verify_shards(root, manifest, [split], checksums=True)
         keys: list[str] = []
         outputs: dict[str, np.memmap] = {}
@@ -140,12 +144,12 @@ def _build(root: Path, manifest: Manifest, manifest_sha256: str, split: str, fie
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _decode_shard(root: Path, shard: ShardEntry, fields: tuple[str, ...], tmp: Path,
+def _decode_shard(root: DatasetLocation, shard: ShardEntry, fields: tuple[str, ...], tmp: Path,
                   outputs: dict[str, np.memmap], keys: list[str], total: int) -> None:
     """Decode one (already verified) shard into the preallocated arrays, checking its sample count."""
-    path = root / shard.name
+    path = root.member(shard.name)
     start = len(keys)
-    for key, members in iter_shard(path, fields):
+    for key, members in iter_stored_shard(root, shard, fields):
         row = len(keys)
         if row - start == shard.num_samples:
             raise StrideError(f"shard {path} holds more samples than the {shard.num_samples} its manifest says")
@@ -202,7 +206,7 @@ def split_nbytes(manifest: Manifest, split: str, fields: tuple[str, ...]) -> int
     return per_sample * manifest.split(split).num_samples
 
 
-def check_budget(manifest: Manifest, root: Path, fields: tuple[str, ...], mode: str, budget_bytes: int,
+def check_budget(manifest: Manifest, root: DatasetLocation, fields: tuple[str, ...], mode: str, budget_bytes: int,
                  world_size: int) -> None:
     """Refuse, before anything is decoded, splits whose rank share would not fit the cache budget."""
     sizes = {s: split_nbytes(manifest, s, fields) for s in manifest.splits}

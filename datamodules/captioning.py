@@ -31,6 +31,7 @@ from stride.names import plain_name
 PAD = -100  # the loss's ignore_index
 CROP_SIDE = (0.8, 1.0)  # random_crop: a square of this fraction of the side, resized back to S x S
 MIRRORED_WORDS = (("left", "right"),)
+MAX_VOCABULARY_BYTES = 64 << 20  # a 100,000-word vocabulary is about 2 MiB
 
 
 def resized_rgb(image_chw: np.ndarray, side: int) -> np.ndarray:
@@ -101,13 +102,14 @@ class CaptioningData(ShardedDataModule):
 
     def _load_vocabulary(self) -> Vocabulary:
         recorded = self.manifest.parameters.get("vocabulary")
-        where = self.root / "manifest.json"
+        where = self.root.member("manifest.json")
         if not isinstance(recorded, dict) or not isinstance(recorded.get("file"), str) \
                 or not isinstance(recorded.get("sha256"), str):
             raise StrideError(f"{where}: parameters.vocabulary must name the vocabulary file and its sha256 "
                               "(prepare the dataset again)")
-        return Vocabulary.load(self.root / plain_name(recorded["file"], f"{where}: parameters.vocabulary.file"),
-                               expected_sha256=recorded["sha256"])
+        name = plain_name(recorded["file"], f"{where}: parameters.vocabulary.file")
+        return Vocabulary.from_bytes(self.root.read_bytes(name, MAX_VOCABULARY_BYTES), self.root.member(name),
+                                     expected_sha256=recorded["sha256"])
 
     @property
     def vocabulary(self) -> Vocabulary:

@@ -28,7 +28,7 @@ class ImageClassificationData(ShardedDataModule):
 
     def __init__(self, path: str | Path, *, random_shift_px: int = 0, horizontal_flip: bool = False, **kwargs: Any):
         super().__init__(path, **kwargs)
-        self.image_ext = image_field(self.manifest.sample_schema, str(self.root / "manifest.json"))
+        self.image_ext = image_field(self.manifest.sample_schema, self.root.member("manifest.json"))
         self.fields = (self.image_ext, "cls")
         self.random_shift_px = random_shift_px
         self.horizontal_flip = horizontal_flip

@@ -8,19 +8,21 @@ for every split its shards with their sample counts, byte sizes and sha256.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, field_validator
 
-from stride.bounded_loading import read_json_file
+from stride.bounded_loading import load_json
 from stride.datamodules.digest import MANIFEST_NAME, manifest_sha256, sha256_of
+from stride.datamodules.location import DatasetLocation, dataset_location
 from stride.datamodules.swap import finish_swap
 from stride.errors import StrideError
 from stride.names import plain_name
 
-__all__ = ["MANIFEST_NAME", "Manifest", "ShardEntry", "SplitEntry", "manifest_sha256", "read_manifest", "sha256_of",
-           "verify_shards"]
+__all__ = ["MANIFEST_NAME", "Manifest", "ShardEntry", "SplitEntry", "load_manifest", "manifest_bytes",
+           "manifest_sha256", "parse_manifest", "read_manifest", "sha256_of", "verify_shards"]
 
 FORMAT_VERSION = 1
 MAX_MANIFEST_BYTES = 64 << 20  # a shard's entry is about 150 bytes: room for 400,000 shards
@@ -72,42 +74,76 @@ class Manifest(BaseModel):
                               f"(has: {', '.join(self.splits)})") from None
 
 
-def read_manifest(root: str | Path) -> Manifest:
-    finish_swap(Path(root).absolute())  # a replacement killed half-way is rolled forward first
-    path = Path(root) / MANIFEST_NAME
-    if not path.is_file():
-        hint = "" if Path(root).exists() else " (the folder does not exist; create it with `stride data prepare`)"
-        raise StrideError(f"no dataset at {root}: {path} not found{hint}")
-    data = read_json_file(path, max_bytes=MAX_MANIFEST_BYTES)
+def read_manifest(root: str | Path | DatasetLocation) -> Manifest:
+    return load_manifest(root)[0]
+
+
+def load_manifest(root: str | Path | DatasetLocation) -> tuple[Manifest, str]:
+    """The dataset's manifest and the sha256 of the very bytes it was read from (the dataset's identity)."""
+    location = dataset_location(root)
+    raw = manifest_bytes(location)
+    return parse_manifest(raw, location.member(MANIFEST_NAME)), hashlib.sha256(raw).hexdigest()
+
+
+def manifest_bytes(location: DatasetLocation) -> bytes:
+    if location.local is not None:
+        finish_swap(location.local.absolute())  # a replacement killed half-way is rolled forward first
+    sizes = location.sizes()
+    if MANIFEST_NAME not in sizes:
+        hint = "" if sizes or _exists(location) else (" (the folder does not exist" if location.local else
+                                                      " (nothing is stored under that prefix") + \
+            "; create it with `stride data prepare`)"
+        raise StrideError(f"no dataset at {location}: {location.member(MANIFEST_NAME)} not found{hint}")
+    return location.read_bytes(MANIFEST_NAME, MAX_MANIFEST_BYTES)
+
+
+def parse_manifest(raw: bytes, where: str) -> Manifest:
+    data = load_json(raw, where)
     if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
-        raise StrideError(f"{path}: format_version {data.get('format_version')!r} is not supported "
+        raise StrideError(f"{where}: format_version {data.get('format_version')!r} is not supported "
                           f"(expected {FORMAT_VERSION})")
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise StrideError(f"{path}: invalid manifest at {key}: {first['msg']}") from None
+        raise StrideError(f"{where}: invalid manifest at {key}: {first['msg']}") from None
     for name, split in manifest.splits.items():
         counted = sum(shard.num_samples for shard in split.shards)
         if counted != split.num_samples:
-            raise StrideError(f"{path}: split {name!r} says num_samples {split.num_samples}, but its shards hold "
+            raise StrideError(f"{where}: split {name!r} says num_samples {split.num_samples}, but its shards hold "
                               f"{counted}; the manifest was edited or is damaged")
     return manifest
+
+
+def _exists(location: DatasetLocation) -> bool:
+    return location.local.exists() if location.local is not None else False
 
 
 _VERIFIED: set[tuple] = set()  # datasets whose shards this process has hashed, with their sizes and mtimes
 
 
-def verify_shards(root: str | Path, manifest: Manifest, splits: list[str] | None = None,
+def verify_shards(root: str | Path | DatasetLocation, manifest: Manifest, splits: list[str] | None = None,
                   checksums: bool = True) -> None:
     """Raise naming the first shard that is missing, of the wrong size, or whose sha256 differs.
 
-    Sizes are checked every time; the sha256 of a dataset's shards once per process (again if
-    any shard's size or modification time changed since).
+    Sizes are checked every time; the sha256 of a folder's shards once per process (again if any
+    shard's size or modification time changed since). A bucket's shards are hashed while they
+    stream instead (`location.py`), so only their sizes are checked here, from one listing.
     """
-    root = Path(root)
+    location = dataset_location(root)
     shards = [shard for split_name in splits or list(manifest.splits) for shard in manifest.split(split_name).shards]
+    if location.local is None:
+        stored = location.sizes()
+        for shard in shards:
+            if shard.name not in stored:
+                raise StrideError(f"shard {location.member(shard.name)} listed in {location.member(MANIFEST_NAME)} "
+                                  "is missing")
+            if stored[shard.name] != shard.num_bytes:
+                raise StrideError(f"shard {location.member(shard.name)} has {stored[shard.name]} bytes, the manifest "
+                                  f"says {shard.num_bytes} (truncated or replaced?)")
+        return
+    root = location.local
     seen = []
     for shard in shards:
         path = root / shard.name

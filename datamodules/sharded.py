@@ -12,7 +12,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from stride.datamodules.cache import CACHE_MODES, CachedStream, check_budget, default_budget_bytes, open_decoded_split
-from stride.datamodules.manifest import manifest_sha256, read_manifest, verify_shards
+from stride.datamodules.location import LocalFolder, S3Prefix, dataset_location
+from stride.datamodules.manifest import load_manifest, verify_shards
 from stride.datamodules.streaming import ShardStream, stack_batch
 from stride.errors import StrideError
 
@@ -31,8 +32,9 @@ class ShardedDataModule(pl.LightningDataModule):
 
     task = ""
 
-    def __init__(self, path: str | Path, *, batch_size: int, eval_batch_size: int | None = None,
-                 num_workers: int = 0, shuffle_buffer: int = 1000, pin_memory: bool = True, seed: int = 0,
+    def __init__(self, path: str | Path | LocalFolder | S3Prefix, *, batch_size: int,
+                 eval_batch_size: int | None = None, num_workers: int = 0, shuffle_buffer: int = 1000,
+                 pin_memory: bool = True, seed: int = 0,
                  verify_checksums: bool = True, normalize: str = "dataset", cache: str = "none",
                  cache_budget_bytes: int | None = None, cache_device: torch.device | None = None):
         super().__init__()
@@ -46,9 +48,8 @@ class ShardedDataModule(pl.LightningDataModule):
         self.cache_budget_bytes = cache_budget_bytes
         self._cache_device = cache_device  # None: the trainer's device (`stride bench` names the one it measures)
         self.normalize = normalize
-        self.root = Path(path)
-        self.manifest = read_manifest(self.root)
-        self._manifest_sha256 = manifest_sha256(self.root)  # the identity of the manifest just read
+        self.root = dataset_location(path)  # a folder or an s3:// prefix
+        self.manifest, self._manifest_sha256 = load_manifest(self.root)  # the sha256 of the bytes just read
         if self.manifest.task != self.task:  # subclasses accept exactly one kind of dataset
             raise StrideError(f"{self.root}: dataset task is {self.manifest.task!r}, expected {self.task!r}")
         for split in ("train", "val", "test"):
@@ -106,7 +107,7 @@ class ShardedDataModule(pl.LightningDataModule):
             return None
         stats = self.manifest.stats
         if "mean" not in stats or "std" not in stats:
-            raise StrideError(f"{self.root}/manifest.json has no stats.mean/std; set data.normalize: none")
+            raise StrideError(f"{self.root.member('manifest.json')} has no stats.mean/std; set data.normalize: none")
         return stats["mean"], stats["std"]
 
     def setup(self, stage: str | None = None) -> None:

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from stride.datamodules.location import DatasetLocation, LocalFolder, S3Prefix, dataset_location
 from stride.datamodules.manifest import ShardEntry
 from stride.datamodules.tar_samples import tar_samples
 from stride.errors import StrideError
@@ -73,24 +74,40 @@ def decode_member(ext: str, payload: bytes) -> Any:
 
 
 def iter_shard(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, raw members) of one shard, raising naming the shard and key on any defect."""
+    """Yield (key, raw members) of one local shard file, raising naming the shard and key on any defect."""
+    with open(path, "rb") as handle:
+        yield from _shard_samples(handle, str(path), fields)
+
+
+def iter_stored_shard(location: DatasetLocation, shard: ShardEntry,
+                      fields: tuple[str, ...]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """`iter_shard` of a shard where its dataset lives; a bucket's shard is checked against the manifest's
+    size and sha256 once it has been read to the end."""
+    reader = location.open_shard(shard.name, shard.num_bytes, shard.sha256)  # opening does no I/O yet
+    try:
+        yield from _shard_samples(reader.stream, location.member(shard.name), fields)
+        reader.finish()
+    finally:
+        reader.close()
+
+
+def _shard_samples(handle: io.BufferedReader, source: str,
+                   fields: tuple[str, ...]) -> Iterator[tuple[str, dict[str, bytes]]]:
     last_key = "(start of shard)"
     try:
-        with open(path, "rb") as handle:
-            if handle.read(2) == GZIP_MAGIC:
-                raise StrideError(f"shard {path} is gzip-compressed; stride's shards are plain tar files (write them "
-                                  "with `stride data prepare`)")
-            handle.seek(0)
-            for key, sample in tar_samples(handle, str(path)):
-                missing = [f for f in fields if f not in sample and f != KEY_FIELD]
-                if missing:
-                    raise StrideError(f"shard {path}, sample {key!r}: missing member(s) {', '.join(missing)}")
-                last_key = key
-                yield key, {f: sample[f] for f in fields if f != KEY_FIELD}
+        if handle.peek(2)[:2] == GZIP_MAGIC:
+            raise StrideError(f"shard {source} is gzip-compressed; stride's shards are plain tar files (write them "
+                              "with `stride data prepare`)")
+        for key, sample in tar_samples(handle, source):
+            missing = [f for f in fields if f not in sample and f != KEY_FIELD]
+            if missing:
+                raise StrideError(f"shard {source}, sample {key!r}: missing member(s) {', '.join(missing)}")
+            last_key = key
+            yield key, {f: sample[f] for f in fields if f != KEY_FIELD}
     except StrideError:
         raise
     except Exception as err:  # tarfile errors on truncated or corrupted archives
-        raise StrideError(f"shard {path} is corrupted or truncated after sample {last_key!r}: {err}") from None
+        raise StrideError(f"shard {source} is corrupted or truncated after sample {last_key!r}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -120,7 +137,7 @@ class ShardStream(IterableDataset):
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | LocalFolder | S3Prefix,
         shards: list[ShardEntry],
         fields: tuple[str, ...],
         to_batch: Callable[[list[tuple[Any, ...]]], Any],
@@ -133,7 +150,7 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         shuffle_buffer: int = 1000,
     ):
-        self.root = Path(root)
+        self.root = dataset_location(root)
         self.shards = shards
         self.fields = fields
         self.to_batch = to_batch
@@ -169,9 +186,9 @@ class ShardStream(IterableDataset):
         if rng is not None:
             rng.shuffle(shards)
         for shard in shards:
-            path = self.root / shard.name
+            path = self.root.member(shard.name)
             seen = 0
-            for key, members in iter_shard(path, self.fields):
+            for key, members in iter_stored_shard(self.root, shard, self.fields):
                 seen += 1
                 if index % plan.sample_stride == plan.sample_offset:
                     try:

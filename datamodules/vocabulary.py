@@ -108,12 +108,15 @@ class Vocabulary:
         path = Path(path)
         if not path.is_file():
             raise StrideError(f"{path}: vocabulary file not found")
-        raw = path.read_bytes()
+        return cls.from_bytes(path.read_bytes(), str(path), expected_sha256)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, where: str, expected_sha256: str | None = None) -> Vocabulary:
         if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
-            raise StrideError(f"{path}: sha256 {hashlib.sha256(raw).hexdigest()} differs from the manifest's "
+            raise StrideError(f"{where}: sha256 {hashlib.sha256(raw).hexdigest()} differs from the manifest's "
                               f"{expected_sha256}; the vocabulary was edited or belongs to another dataset")
         try:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise StrideError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_json(data, str(path))
+            raise StrideError(f"{where}: not valid JSON ({err})") from None
+        return cls.from_json(data, where)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,24 @@ class ShardWriter:
         if name == MANIFEST_NAME or name.endswith(".tar") or (self.tmp_dir / name).exists():
             raise ValueError(f"dataset file {name!r} is the manifest, a shard name or already written")
         return self._write_synced(name, data)
+
+    def copy_file(self, name: str, chunks: Iterable[bytes]) -> Path:
+        """Write a file of another dataset (a shard or an extra file) byte for byte (`stride data copy`)."""
+        plain_name(name, "dataset file")
+        if name == MANIFEST_NAME or (self.tmp_dir / name).exists():
+            raise ValueError(f"dataset file {name!r} is the manifest or already written")
+        path = self.tmp_dir / name
+        with open(path, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return path
+
+    def commit_copy(self, manifest_bytes: bytes) -> None:
+        """Write another dataset's manifest byte for byte (so the copy keeps its identity) and move it into place."""
+        self._write_synced(MANIFEST_NAME, manifest_bytes)
+        swap_in(self.tmp_dir, self.out_dir)
 
     def _write_synced(self, name: str, data: bytes) -> Path:
         path = self.tmp_dir / name

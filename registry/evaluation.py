@@ -11,16 +11,16 @@ from pathlib import Path
 
 import torch
 
-from stride.datamodules.manifest import manifest_sha256
+from stride.datamodules.manifest import load_manifest
 from stride.datamodules.sharded import ShardedDataModule
-from stride.datamodules.streaming import decode_member, iter_shard
+from stride.datamodules.streaming import decode_member, iter_stored_shard
 from stride.errors import StrideError
 from stride.serving import Evaluation, Serving
 
 
 def check_dataset_identity(path: str | Path, expected_sha256: str | None, run_id: str) -> str:
     """The dataset's manifest sha256, if it is the one the run was trained on; else a StrideError."""
-    actual = manifest_sha256(Path(path))
+    actual = load_manifest(path)[1]
     if expected_sha256 and actual != expected_sha256:
         raise StrideError(f"dataset {path} has manifest sha256 {actual[:12]}..., but run {run_id} was trained on "
                           f"{expected_sha256[:12]}... (dataset.manifest_sha256); point --data at the dataset the "
@@ -61,8 +61,8 @@ def first_misshapen_sample(data: ShardedDataModule, split: str) -> str | None:
     schema = data.manifest.sample_schema
     shaped = [f for f in data.fields if "shape" in schema.get(f, {})]
     for shard in data.manifest.split(split).shards:
-        path = data.root / shard.name
-        for key, members in iter_shard(path, tuple(shaped)):
+        path = data.root.member(shard.name)
+        for key, members in iter_stored_shard(data.root, shard, tuple(shaped)):
             for field in shaped:
                 found, expected = list(decode_member(field, members[field]).shape), list(schema[field]["shape"])
                 if found != expected:

@@ -99,7 +99,7 @@ class CaptioningServing(Serving):
             metrics.update(named_scores(baseline.values, f"{split}_baseline"))
         metrics[f"{split}_samples"] = float(len(generated))
         shown_ids = list(generated)[:len(images)]
-        return Evaluation(split, metrics, len(generated), str(Path(data.root).absolute()), data.dataset_sha256,
+        return Evaluation(split, metrics, len(generated), data.root.absolute_uri, data.dataset_sha256,
                           details={"class_names": list(vocabulary.words), "captions": generated,
                                    "skipped_metrics": scores.skipped, "constant_caption": data.constant_caption,
                                    "samples": (images, [generated[i] for i in shown_ids],

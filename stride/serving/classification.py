@@ -80,7 +80,7 @@ class ClassificationServing(Serving):
         samples = int(confusion.sum())
         metrics = {f"{split}_acc": float(np.trace(confusion)) / max(1, samples),
                    f"{split}_loss": total_loss / max(1, samples), f"{split}_samples": float(samples)}
-        return Evaluation(split, metrics, samples, str(Path(data.root).absolute()), data.dataset_sha256,
+        return Evaluation(split, metrics, samples, data.root.absolute_uri, data.dataset_sha256,
                           details={"confusion_matrix": confusion, "class_names": list(data.manifest.class_names)})
 
     def evaluation_figures(self, evaluation: Evaluation, folder: Path, title: str) -> list[Path]:

@@ -77,7 +77,7 @@ class DetectionServing(Serving):
         metrics = {f"{split}_ap": curves["all"].ap}
         metrics.update({f"{split}_ap_{name}": c.ap for name, c in curves.items() if name != "all"})
         metrics[f"{split}_samples"] = float(len(annotations))
-        return Evaluation(split, metrics, len(annotations), str(Path(data.root).absolute()), data.dataset_sha256,
+        return Evaluation(split, metrics, len(annotations), data.root.absolute_uri, data.dataset_sha256,
                           details={"curves": {n: (c.recall, c.precision, c.ap) for n, c in curves.items()},
                                    "predictions": {a["file"]: p for a, p in zip(annotations, predictions)}})
 
