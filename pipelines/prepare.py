@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 from stride.datamodules.image_shards import ENCODINGS
+from stride.datamodules.location import S3Prefix, dataset_location
 from stride.datamodules.sources.cifar import DATASETS as CIFAR
 from stride.datamodules.sources.mnist_idx import DATASETS as MNIST_LIKE
 from stride.errors import StrideError
 from stride.pipelines.arguments import non_negative_int, open_fraction, positive_int
 
-BUILTIN = ("digits", "patches", "faces", "shapes-captions")
-USER_FILES = ("sequences",)
-OFFICIAL_FILES = (*MNIST_LIKE, *CIFAR, "svhn", "wider-face", "coco-captions")  # need --source
+BUILTIN = ("digits", "patches", "faces", "shapes-captions", "digits-heldout")
+USER_FILES = ("sequences", "identity-folders")
+OFFICIAL_FILES = (*MNIST_LIKE, *CIFAR, "svhn", "wider-face", "coco-captions", "lfw")  # need --source
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,13 +23,30 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = data.add_parser("prepare", help="convert a dataset to WebDataset shards with a manifest")
     add_arguments(parser)
     parser.set_defaults(handler=run)
+    copy = data.add_parser("copy", help="copy a prepared dataset between folders and s3:// buckets, checking every "
+                           "shard's sha256")
+    copy.add_argument("source", help="dataset folder or s3://BUCKET/PREFIX")
+    copy.add_argument("target", help="dataset folder or s3://BUCKET/PREFIX")
+    copy.add_argument("--overwrite", action="store_true", help="replace a dataset at the target (it stays complete "
+                      "until the copy is)")
+    copy.set_defaults(handler=run_copy)
+
+
+def run_copy(args: argparse.Namespace) -> int:
+    from stride.datamodules.transfer import copy_dataset
+
+    manifest = copy_dataset(args.source, args.target, overwrite=args.overwrite)
+    shards = sum(len(split.shards) for split in manifest.splits.values())
+    print(f"copied {manifest.dataset} ({shards} shards, sha256 checked) from {args.source} to {args.target}")
+    return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=[*BUILTIN, *OFFICIAL_FILES, *USER_FILES], help="which dataset to convert")
     parser.add_argument("--source", help="folder with the official raw files (MNIST-format, CIFAR, SVHN), an "
                         "official CIFAR .tar.gz, or the .npz file of labelled sequences (sequences)")
-    parser.add_argument("--out", required=True, help="output dataset folder (shards + manifest.json)")
+    parser.add_argument("--out", required=True, help="output dataset folder (shards + manifest.json), or "
+                        "s3://BUCKET/PREFIX: prepared in a temporary folder, then uploaded, the manifest last")
     parser.add_argument("--val-size", type=positive_int, help="validation images split off the training set "
                         "(default: 5000 for MNIST-format, CIFAR and coco-captions, 6000 for SVHN, 180 for digits, "
                         "1000 for "
@@ -37,11 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-set", choices=("fine", "coarse"), help="cifar100: the 100 fine classes (default) "
                         "or the 20 coarse superclasses")
     parser.add_argument("--svhn-extra", action="store_true", help="svhn: add extra_32x32.mat to the training split")
-    parser.add_argument("--image-size", type=positive_int, default=28, help="digits only: side in pixels (28 like "
-                        "MNIST; 8 keeps the native resolution, 64-step sequences)")
+    parser.add_argument("--image-size", type=positive_int, help="digits, digits-heldout: side in pixels (default 28 "
+                        "like MNIST; 8 keeps the native resolution, 64-step sequences); lfw, identity-folders: side "
+                        "of the stored faces (default 64)")
     parser.add_argument("--val-fraction", type=open_fraction, default=0.1, help="sequences: validation share when the "
-                        "file has no explicit splits")
-    parser.add_argument("--test-fraction", type=open_fraction, default=0.2, help="sequences: test share likewise")
+                        "file has no explicit splits; lfw, identity-folders: share of the identities")
+    parser.add_argument("--test-fraction", type=open_fraction, default=0.2, help="sequences: test share likewise; "
+                        "identity-folders: share of the identities")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the deterministic splits")
     parser.add_argument("--shard-size", type=positive_int, default=5000, help="samples per shard")
     parser.add_argument("--encoding", choices=ENCODINGS, default="png",
@@ -70,7 +92,7 @@ def _digits(args: argparse.Namespace, common: dict):
     from stride.datamodules.sources.digits import prepare_digits
 
     return prepare_digits(args.out, val_size=args.val_size or 180, test_size=args.test_size or 360,
-                          size_px=args.image_size, **common)
+                          size_px=args.image_size or 28, **common)
 
 
 def _patches(args: argparse.Namespace, common: dict):
@@ -131,16 +153,37 @@ def _coco_captions(args: argparse.Namespace, common: dict):
                                  samples_per_shard=args.shard_size, overwrite=args.overwrite)
 
 
+def _digits_heldout(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.held_out_digits import prepare_held_out_digits
+
+    return prepare_held_out_digits(args.out, size_px=args.image_size or 28, **common)
+
+
+def _lfw(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.lfw import prepare_lfw
+
+    return prepare_lfw(args.source, args.out, size_px=args.image_size or 64, val_fraction=args.val_fraction,
+                       **common)
+
+
+def _identity_folders(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.identity_folders import prepare_identity_folders
+
+    return prepare_identity_folders(args.source, args.out, size_px=args.image_size or 64,
+                                    val_fraction=args.val_fraction, test_fraction=args.test_fraction, **common)
+
+
 PREPARERS = {"faces": _faces, "wider-face": _wider_face, "shapes-captions": _shapes_captions,
              "coco-captions": _coco_captions, "sequences": _sequences, "digits": _digits, "patches": _patches,
-             "svhn": _svhn,
+             "svhn": _svhn, "digits-heldout": _digits_heldout, "lfw": _lfw, "identity-folders": _identity_folders,
              **dict.fromkeys(MNIST_LIKE, _mnist_like), **dict.fromkeys(CIFAR, _cifar)}
 
 
 def run(args: argparse.Namespace) -> int:
     common = dict(seed=args.seed, encoding=args.encoding, samples_per_shard=args.shard_size, overwrite=args.overwrite)
     if args.dataset in USER_FILES and not args.source:
-        raise StrideError("stride data prepare sequences needs --source FILE.npz")
+        raise StrideError(f"stride data prepare {args.dataset} needs --source "
+                          f"{'FILE.npz' if args.dataset == 'sequences' else 'DIR of <identity>/ image folders'}")
     if args.dataset in OFFICIAL_FILES and not args.source:
         raise StrideError(f"stride data prepare {args.dataset} needs --source DIR holding the official files "
                           "(docs/datasets.md)")
@@ -152,13 +195,29 @@ def run(args: argparse.Namespace) -> int:
         raise StrideError(f"--raw-out is for faces and shapes-captions, not {args.dataset}")
     if args.karpathy_split and args.dataset != "coco-captions":
         raise StrideError(f"--karpathy-split is for coco-captions, not {args.dataset}")
-    manifest = PREPARERS[args.dataset](args, common)
+    target = dataset_location(args.out)  # an unsupported URI scheme fails here, before any work
+    if isinstance(target, S3Prefix):
+        manifest = _prepare_into_bucket(args, common, target)
+    else:
+        manifest = PREPARERS[args.dataset](args, common)
     sizes = ", ".join(f"{name} {split.num_samples}" for name, split in manifest.splits.items())
     print(f"wrote {args.out}: {manifest.dataset} ({sizes}; {sum(len(s.shards) for s in manifest.splits.values())} "
           f"shards)")
     if note := validation_share_note(manifest):
         print(note)
     return 0
+
+
+def _prepare_into_bucket(args: argparse.Namespace, common: dict, target: S3Prefix):
+    """Prepare in a temporary folder, then upload (datamodules/transfer.py: the manifest is the commit point)."""
+    from stride.datamodules.transfer import check_bucket_target, upload_dataset
+
+    check_bucket_target(target, args.overwrite)  # reachable, and no dataset to keep, before the work starts
+    with tempfile.TemporaryDirectory(prefix="stride-prepare-") as staging:
+        folder = Path(staging) / "dataset"
+        local_args = argparse.Namespace(**{**vars(args), "out": str(folder), "overwrite": False})
+        PREPARERS[args.dataset](local_args, {**common, "overwrite": False})
+        return upload_dataset(folder, target, overwrite=args.overwrite)
 
 
 SENSIBLE_VAL_SHARE = 0.2
