@@ -195,10 +195,13 @@ def _candidate(client: MlflowClient, experiment: str | None, search_id: str | No
     return select_best(runs, metric, mode or "max", where)
 
 
-def _dataset_path(candidate: Candidate, data: str | Path | None) -> Path:
+def _dataset_path(candidate: Candidate, data: str | Path | None) -> str | Path:
+    """The dataset to evaluate on: a folder, or a bucket's prefix (s3://...), whose manifest is read next."""
     path = data or candidate.run.data.tags.get(DATASET_PATH_TAG)
     if not path:
         raise StrideError(f"run {candidate.run_id} has no {DATASET_PATH_TAG} tag; pass --data PATH of its dataset")
+    if "://" in str(path):  # reading its manifest (check_dataset_identity) says what is missing, naming the object
+        return str(path)
     if not (Path(path) / MANIFEST_NAME).is_file():
         hint = "" if data else f"run {candidate.run_id} was trained on it elsewhere? pass --data PATH of a copy; "
         raise StrideError(f"no dataset at {path} ({hint}{MANIFEST_NAME} not found)")

@@ -24,7 +24,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # Fixtures that start real servers or clusters: a test that uses one (directly or through another
 # fixture) is end to end and must be marked slow, so `pytest -m "not slow"` stays a fast lane.
-END_TO_END_FIXTURES = {"mlflow_server", "local_ray", "ray_head", "two_node_cluster"}
+END_TO_END_FIXTURES = {"mlflow_server", "local_ray", "ray_head", "two_node_cluster", "s3_server"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -62,14 +62,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> str:
     yield from running_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root)
 
 
-def running_mlflow_server(backend_store_uri: str, root: Path, workers: int = 1):
-    """Start `mlflow server` on 127.0.0.1 with proxied artifacts under `root`; yield its URI; stop it."""
+def running_mlflow_server(backend_store_uri: str, root: Path, workers: int = 1,
+                          artifact_args: list[str] | None = None):
+    """Start `mlflow server` on 127.0.0.1 with proxied artifacts under `root` (or with `artifact_args`, e.g.
+    `--artifacts-destination s3://...`, in the environment it inherits); yield its URI; stop it."""
     port = free_port()
+    if artifact_args is None:
+        artifact_args = ["--artifacts-destination", str(root / "artifacts")]
     log = root / "server.log"
     with open(log, "w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
-             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             *artifact_args, "--host", "127.0.0.1", "--port", str(port),
              "--workers", str(workers)],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=root)
     uri = f"http://127.0.0.1:{port}"

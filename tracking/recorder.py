@@ -104,7 +104,9 @@ class RunRecorder(pl.Callback):
 
     def _log_dataset(self, datamodule) -> None:
         client, run_id = self.run.client, self.run.run_id
-        path, sha = str(Path(datamodule.root).absolute()), datamodule.dataset_sha256
+        root = datamodule.root  # a folder, or a dataset location (a folder or an s3:// prefix)
+        path = getattr(root, "absolute_uri", None) or str(Path(root).absolute())
+        sha = datamodule.dataset_sha256
         for key, value in {DATASET_PATH_TAG: path, DATASET_NAME_TAG: datamodule.manifest.dataset,
                            DATASET_SHA256_TAG: sha}.items():
             client.set_tag(run_id, key, value)

@@ -95,6 +95,32 @@ QUIET_TUNE_ENV = {
 }
 QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)  # "token authentication is enabled"
 
+# Where a bucket is and which region it is in: what a cluster's workers need besides their own credentials to
+# read datasets, write checkpoints and search state (pyarrow, boto3) and, with a direct artifact root, MLflow
+# artifacts in an S3-compatible store (MinIO, Ceph, R2). Never credentials: docs/tuning.md, "Storage in a bucket".
+FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_REGION",
+                 "AWS_DEFAULT_REGION", "STRIDE_S3_MAX_ATTEMPTS")
+# Ray Tune copies these from the driver's environment into every trial actor's runtime env, which Ray's
+# runtime-env agent then writes, in plain text, into the session logs of each node (and the dashboard shows)
+CREDENTIAL_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})
+
+
+def forwarded_env() -> dict[str, str]:
+    """What a remote cluster's workers get from this shell: stride's plugins and the object store's endpoint and
+    region, never credentials (the nodes take theirs from their own chain: instance role, profile, environment)."""
+    return {name: os.environ[name] for name in (PLUGINS_ENV, *FORWARDED_ENV) if os.environ.get(name)}
+
+
+def keep_credentials_out_of_ray() -> None:
+    """Stop Ray Tune from copying the driver's AWS credentials into its trials' runtime env (Ray logs runtime envs
+    in plain text). Trials of an embedded Ray still have them: its processes inherit this process's environment;
+    a cluster's nodes use their own."""
+    from ray.tune.execution import class_cache
+
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, (set, frozenset)) and propagated & CREDENTIAL_ENV:
+        class_cache.ENV_VARS_TO_PROPAGATE = set(propagated) - CREDENTIAL_ENV
+
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, state_api: bool = False,
             verbose: bool = False) -> bool:
@@ -127,10 +153,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, state_ap
                                                                     "include_dashboard": state_api,
                                                                     "_node_ip_address": LOOPBACK}
     kwargs.update(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
-    if address and os.environ.get(PLUGINS_ENV):
+    if address and (env_vars := forwarded_env()):
         # a cluster's workers did not inherit this shell's environment: they import the same plugins
-        # (a plugin named by file must exist at that path on every node)
-        kwargs["runtime_env"] = {"env_vars": {PLUGINS_ENV: os.environ[PLUGINS_ENV]}}
+        # (a plugin named by file must exist at that path on every node) and reach the same object store
+        kwargs["runtime_env"] = {"env_vars": env_vars}
     try:
         with contextlib.nullcontext() if address else loopback_node(), own_sigterm_handler():
             ray.init(**kwargs)

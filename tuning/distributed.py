@@ -13,10 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.tracking import MlflowClient
 
 from stride.config.schema import StrideConfig
+from stride.errors import StrideError
 from stride.names import safe_filename
 from stride.tracking.store import check_reachable, resolve_tracking_uri
 from stride.training import open_datamodule
@@ -64,6 +66,23 @@ def storage_join(storage: str, *parts: str) -> str:
     return posixpath.join(storage, *parts)
 
 
+def storage_root(storage: str) -> str:
+    """A local folder made absolute, or a URI (s3://bucket/prefix, gs://...) as given, unless it holds credentials.
+
+    pyarrow takes `s3://KEY:SECRET@bucket/...` as credentials; Ray would pickle them into the search state (its
+    filesystem object travels with every checkpoint), and stride prints and records the storage. Credentials come
+    from the standard chain instead (environment, profile, instance role)."""
+    if "://" not in storage:
+        return str(Path(storage).absolute())
+    parts = urlsplit(storage)
+    if parts.username or parts.password:
+        shown = urlunsplit(parts._replace(netloc=f"***@{parts.hostname or ''}"))
+        raise StrideError(f"storage {shown}: the URI carries credentials, which would be written into the search state "
+                          "and printed; remove them and give them through the environment (AWS_ACCESS_KEY_ID, "
+                          "AWS_SECRET_ACCESS_KEY), a profile (AWS_PROFILE) or the node's instance role")
+    return storage
+
+
 @dataclass
 class DistributedResult:
     tracking_uri: str
@@ -86,7 +105,7 @@ def train_with_ray(config: StrideConfig, *, workers: int, cpus_per_worker: float
     job = TrainingJob(config, uri)
     with ray_session(address, state_api=True):
         max_concurrency(resources, None)
-        storage_path = storage if "://" in storage else str(Path(storage).absolute())
+        storage_path = storage_root(storage)
         fit_with_ray_train(job, resources, storage_path=storage_path, max_failures=max_failures,
                            name=f"{safe_filename(config.name)}-train-{time.strftime('%Y%m%d-%H%M%S')}")
     run_id = find_run(uri, config, job.run_key)

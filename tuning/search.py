@@ -28,7 +28,8 @@ from stride.tracking.run import fail_dead_runs
 from stride.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 from stride.training import open_datamodule
 from stride.tuning import leaderboard, runs
-from stride.tuning.cluster import TrialResources, max_concurrency, ray_session
+from stride.tuning.cluster import TrialResources, keep_credentials_out_of_ray, max_concurrency, ray_session
+from stride.tuning.distributed import storage_root
 from stride.tuning.integrity import CheckpointRefused, record_state, refuse_unloadable_checkpoints, verify_state
 from stride.tuning.space import TIME_ATTR
 from stride.tuning.spec import ROW_KEY, ResolvedSearch, applicable_params, load_search, trial_count
@@ -55,10 +56,6 @@ class SearchResult:
 
     def table(self) -> str:
         return leaderboard.format_table(self.rows, self.columns)
-
-
-def storage_root(storage: str) -> str:
-    return storage if "://" in storage else str(Path(storage).absolute())
 
 
 def _filesystem(storage: str):
@@ -111,12 +108,12 @@ def run_search(spec: str | ResolvedSearch, *, overrides: Sequence[str] = (), tra
     spec fields (e.g. {"num_samples": 4}); `tune_callbacks` are extra Tune callbacks of the driver.
     """
     started = time.perf_counter()
+    storage = storage_root(storage)
     search = spec if isinstance(spec, ResolvedSearch) else load_search(spec, list(overrides), spec_overrides)
     base = search.config_for({}, "base")
     uri = resolve_tracking_uri(tracking_uri or base.tracking.uri)
     check_reachable(uri)
     check_datasets(search)
-    storage = storage_root(storage)
     name = plain_name(name, "--name") if name else f"{safe_filename(search.spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     if read_record(storage, name) is not None:
         raise StrideError(f"search {name!r} already exists in {storage}; continue it with --resume {name} "
@@ -216,6 +213,7 @@ def _trainable(search, uri, parent, resources, storage, name, extra_callbacks):
 
     from stride.tuning.trial import TrialSetup, run_trial
 
+    keep_credentials_out_of_ray()  # before Tune registers the trainable's actor class with its runtime env
     setup = TrialSetup(search, uri, parent, resources, storage, name, tuple(extra_callbacks))
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources.trial_request())
 
@@ -335,7 +333,9 @@ def _refused_trials(results) -> list[str]:
 
 def _interrupted(experiment_path: str) -> bool:
     """Whether Ctrl-C (or SIGUSR1) cut the search short. Tune stops every trial on the way out, so the
-    live results all read TERMINATED; the state Tune saved just before that still tells."""
+    live results all read TERMINATED; the state Tune saved just before that still tells. `experiment_path`
+    is STORAGE/NAME as the user named it: Tune's own `experiment_path` drops a bucket's scheme (`s3://`),
+    which its `ExperimentAnalysis` then takes for a local path."""
     from ray.tune import ExperimentAnalysis
 
     return any(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(experiment_path).trials)
@@ -346,7 +346,7 @@ def _finish(results, search: ResolvedSearch, uri: str, parent: str, name: str, s
     """Leaderboard, plot and best-trial tags on the parent run; close it."""
     spec = search.spec
     assert spec.metric is not None, "set by load_search"
-    interrupted = _interrupted(results.experiment_path)
+    interrupted = _interrupted(f"{storage}/{name}")
     record_state(uri, parent, storage, name)  # the state Tune saved is final now
     client = MlflowClient(uri)
     rows = _rows(results, search, runs.child_runs(uri, parent), client)
