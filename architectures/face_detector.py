@@ -20,6 +20,9 @@ The matching and loss options are hyper-parameters of the architecture, so one c
 section describes the whole detector; the detection LightningModule reads them from
 `network.loss`. Nothing is downloaded: `backbone_weights` names a local torchvision
 ResNet state dict.
+
+`Detector` is what the detection task asks of any detector; YOLO v1 (architectures/yolo.py) is
+the other one, and shares the backbones, NMS and the exported model defined here.
 """
 
 from __future__ import annotations
@@ -54,6 +57,14 @@ HEAD_WEIGHT_STD = 0.01  # RetinaNet's init of the heads' last convs: initial log
 class DetectorOutput(NamedTuple):
     class_logits: Tensor  # (N, A, C): C = classes + 1 (background first) for softmax, C = classes for sigmoid
     box_deltas: Tensor  # (N, A, 4): offsets from the anchors, see anchors.BoxCoder
+
+
+class DetectionLosses(NamedTuple):
+    """What every detector's loss reports (lightning_modules.detection logs each)."""
+
+    total: Tensor
+    classification: Tensor
+    regression: Tensor  # the box terms
 
 
 @dataclass(frozen=True)
@@ -215,19 +226,54 @@ def prior_bias(classifier: str, num_classes: int, prior: float) -> list[float]:
     return [0.0] + [math.log(prior / (1 - num_classes * prior))] * num_classes
 
 
-class FaceDetector(nn.Module):
+class Detector(nn.Module):
+    """What the detection task, its module and its export ask of a network (FaceNet here, YOLO in
+    architectures/yolo.py): images in [0, 1] in, an output its loss reads (lightning_modules.detection), the
+    reference boxes that output is relative to (`anchors`: FaceNet's anchors, YOLO's grid cells) and
+    `postprocess` to the best boxes after NMS, which evaluation, `detect` and the exported model share."""
+
+    def __init__(self, inference: InferenceSettings):
+        super().__init__()
+        self.normalize: nn.Module = nn.Identity()  # the task puts the dataset's Normalize here
+        self.inference = inference
+
+    def anchors(self, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+        """(A, 4) reference boxes x1, y1, x2, y2 of a height x width input."""
+        raise NotImplementedError
+
+    def postprocess(self, output: Any, height: int, width: int, score_threshold: float | None = None,
+                    nms_iou: float | None = None, max_detections: int | None = None) -> Tensor:
+        """(N, K, 5) detections x1, y1, x2, y2, score per image, best first, rows past the last all zeros."""
+        raise NotImplementedError
+
+    def inference_settings(self, score_threshold: float | None = None, nms_iou: float | None = None,
+                           max_detections: int | None = None) -> InferenceSettings:
+        """`self.inference` with the given values that are not None in place of its own."""
+        overrides: dict[str, Any] = {k: v for k, v in dict(
+            score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections).items() if v is not None}
+        return replace(self.inference, **overrides)
+
+    @torch.no_grad()
+    def detect(self, images: Tensor, score_threshold: float | None = None, nms_iou: float | None = None,
+               max_detections: int | None = None) -> list[Tensor]:
+        """One (k, 5) tensor x1, y1, x2, y2, score per image (call in eval mode)."""
+        padded = self.postprocess(self(images), images.shape[-2], images.shape[-1], score_threshold, nms_iou,
+                                  max_detections)
+        return [rows[rows[:, 4] > 0] for rows in padded]
+
+
+class FaceDetector(Detector):
     """Images in [0, 1] (N x 3 x H x W) -> `DetectorOutput` over the anchors of `anchors(H, W)`."""
 
     def __init__(self, backbone: nn.Module, pyramid: nn.Module, classification_head: Head, regression_head: Head,
                  anchor_grid: AnchorGrid, box_coder: BoxCoder, classifier: str, num_classes: int,
                  loss: LossSettings, inference: InferenceSettings):
-        super().__init__()
-        self.normalize: nn.Module = nn.Identity()  # the task puts the dataset's Normalize here
+        super().__init__(inference)
         self.backbone, self.pyramid = backbone, pyramid
         self.classification_head, self.regression_head = classification_head, regression_head
         self.anchor_grid, self.box_coder = anchor_grid, box_coder
         self.classifier, self.num_classes = classifier, num_classes
-        self.loss, self.inference = loss, inference
+        self.loss = loss
         self.first_level = round(math.log2(anchor_grid.strides[0]))
         self._anchor_cache: dict[tuple[int, int, str], Tensor] = {}
 
@@ -258,9 +304,8 @@ class FaceDetector(nn.Module):
 
         The pre-NMS top-k keeps every shape static up to NMS, so the whole step traces with torch.export.
         """
-        overrides: dict[str, Any] = {k: v for k, v in dict(
-            score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections).items() if v is not None}
-        settings = replace(self.inference, **overrides)
+        settings = self.inference_settings(score_threshold=score_threshold, nms_iou=nms_iou,
+                                           max_detections=max_detections)
         scores = self.face_scores(output.class_logits)
         top_scores, index = scores.topk(min(settings.pre_nms_top_k, scores.shape[1]), dim=1)
         deltas = output.box_deltas.float().gather(1, index.unsqueeze(-1).expand(-1, -1, 4))
@@ -269,14 +314,6 @@ class FaceDetector(nn.Module):
         boxes = torch.minimum(boxes.clamp(min=0), limits)
         return select_detections(boxes, top_scores, settings.score_threshold, settings.nms_iou,
                                  settings.max_detections)
-
-    @torch.no_grad()
-    def detect(self, images: Tensor, score_threshold: float | None = None, nms_iou: float | None = None,
-               max_detections: int | None = None) -> list[Tensor]:
-        """One (k, 5) tensor x1, y1, x2, y2, score per image (call in eval mode)."""
-        padded = self.postprocess(self(images), images.shape[-2], images.shape[-1], score_threshold, nms_iou,
-                                  max_detections)
-        return [rows[rows[:, 4] > 0] for rows in padded]
 
 
 def select_detections(boxes: Tensor, scores: Tensor, score_threshold: float, nms_iou: float,
@@ -312,7 +349,7 @@ class DetectionExport(nn.Module):
     """The served model: N x 3 x S x S images in [0, 1] -> N x K x 5 detections (x1, y1, x2, y2, score in
     input pixels, best first; rows past an image's last detection are all zeros)."""
 
-    def __init__(self, network: FaceDetector, max_detections: int | None = None):
+    def __init__(self, network: Detector, max_detections: int | None = None):
         super().__init__()
         self.network = network
         self.max_detections = max_detections or network.inference.max_detections

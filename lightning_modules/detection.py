@@ -1,22 +1,25 @@
-"""One LightningModule for dense detection (docs/models.md, A3): anchor matching, the losses, AP.
+"""One LightningModule for detection (docs/models.md, A3 and C, YOLO v1): anchor matching, the losses, AP.
 
 Batches are `(images, targets)`: N x 3 x S x S images in [0, 1] and one dict per image with
 "boxes" (k, 4) x1, y1, x2, y2 in batch pixels, "scale" (batch pixels per original pixel), "key"
 and "annotation" (the sample's json). Optional "labels" (k,) give foreground classes (default 0:
 the face). How anchors are matched and what the loss weighs are the network's hyper-parameters
-(`network.loss`), so the config's model section describes the whole detector.
+(`network.loss`), so the config's model section describes the whole detector. Any
+`stride.architectures.face_detector.Detector` trains here: FaceNet's anchor outputs are matched and
+scored below, YOLO's grid outputs by their own sum-squared loss (`stride.architectures.yolo`).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stride.architectures.face_detector import DetectorOutput, FaceDetector, LossSettings
+from stride.architectures.face_detector import DetectionLosses, Detector, DetectorOutput, FaceDetector, LossSettings
+from stride.architectures.yolo import YoloDetector, YoloOutput, yolo_loss
 from stride.config.schema import OptimConfig, ScheduleConfig
 from stride.lightning_modules.base import StrideModule
 
@@ -57,22 +60,22 @@ def match_anchors(anchors: Tensor, boxes: Tensor, positive_iou: float, negative_
     return matched
 
 
-class DetectionLosses(NamedTuple):
-    total: Tensor
-    classification: Tensor
-    regression: Tensor
+def detection_loss(output: DetectorOutput | YoloOutput, anchors: Tensor, targets: list[dict[str, Any]],
+                   network: Detector) -> DetectionLosses:
+    """The network's loss (`network.loss`) over a batch, `anchors` being `network.anchors` of the batch's size.
 
-
-def detection_loss(output: DetectorOutput, anchors: Tensor, targets: list[dict[str, Any]],
-                   network: FaceDetector) -> DetectionLosses:
-    """The network's loss (`network.loss`) over a batch; images without faces have only negative anchors.
+    YOLO's outputs go to its own loss (eq. 3 of Redmon et al.), whose anchors are the grid cells. FaceNet's
+    anchors are matched to the faces here; images without faces have only negative anchors.
 
     "cross_entropy" (eq. 58 of the TCN study): mean cross-entropy over every anchor not ignored
     (binary for a sigmoid classifier) + the Smooth-L1 of the 4 offsets summed, averaged over the
     positive anchors. "focal" (RetinaNet, eq. 61 of the Swedish variant): focal loss summed over the
     anchors not ignored, divided by the positives, + the same Smooth-L1.
     """
-    settings = network.loss
+    if isinstance(output, YoloOutput):
+        return yolo_loss(output, anchors, targets, cast(YoloDetector, network).loss)
+    detector = cast(FaceDetector, network)
+    settings = detector.loss
     logits, deltas = output.class_logits.float(), output.box_deltas.float()
     matched, classes, box_targets = [], [], []
     for target in targets:
@@ -84,11 +87,11 @@ def detection_loss(output: DetectorOutput, anchors: Tensor, targets: list[dict[s
         face = image_matched.clamp(min=0)
         matched.append(image_matched)
         classes.append(torch.where(positive, labels[face] if len(labels) else 0, -1))
-        box_targets.append(network.box_coder.encode(boxes[face[positive]], anchors[positive]))
+        box_targets.append(detector.box_coder.encode(boxes[face[positive]], anchors[positive]))
     matched_all, classes_all = torch.stack(matched), torch.stack(classes)
     positive, counted = matched_all >= 0, matched_all != IGNORED
     positives = positive.sum().clamp(min=1)
-    classification = _classification_loss(logits[counted], classes_all[counted], network.classifier, settings,
+    classification = _classification_loss(logits[counted], classes_all[counted], detector.classifier, settings,
                                           positives)
     regression = F.smooth_l1_loss(deltas[positive], torch.cat(box_targets), beta=settings.smooth_l1_beta,
                                   reduction="sum") / positives
@@ -155,9 +158,9 @@ class DetectionModule(StrideModule):
     each rank's images are all-gathered before AP, so every rank logs the same number.
     """
 
-    network: FaceDetector
+    network: Detector
 
-    def __init__(self, network: FaceDetector, optim: OptimConfig, schedule: ScheduleConfig,
+    def __init__(self, network: Detector, optim: OptimConfig, schedule: ScheduleConfig,
                  description: dict[str, Any] | None = None):
         super().__init__(network, optim, schedule, description)
         self._predictions: list[np.ndarray] = []  # this epoch's val or test images, this rank's
@@ -180,7 +183,7 @@ class DetectionModule(StrideModule):
             self._collect(output, targets, height, width, split)
         return losses.total
 
-    def _collect(self, output: DetectorOutput, targets: list[dict[str, Any]], height: int, width: int,
+    def _collect(self, output: DetectorOutput | YoloOutput, targets: list[dict[str, Any]], height: int, width: int,
                  split: str) -> None:
         padded = self.network.postprocess(output, height, width).cpu().numpy()  # one transfer per batch
         for rows, target in zip(padded, targets):
