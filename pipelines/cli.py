@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "stride.pipelines.registry",
     "stride.pipelines.evaluate",
     "stride.pipelines.predict",
+    "stride.pipelines.embed",
     "stride.pipelines.explain",
     "stride.pipelines.bench",
 ]
