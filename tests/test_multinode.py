@@ -19,9 +19,11 @@ import psutil
 import pytest
 import yaml
 from conftest import free_port
+from s3_server import bucket, s3_env, s3_server  # noqa: F401
 
 from stride.config import load_config
 from stride.datamodules.manifest import read_manifest
+from stride.datamodules.transfer import copy_dataset
 from stride.errors import StrideError
 from stride.tracking.contract import SEARCH_ID_TAG
 from stride.tuning import TrialResources, run_search
@@ -97,7 +99,7 @@ def two_node_cluster(monkeypatch):
         nodes.shutdown()
 
 
-def spec_file(tmp_path: Path, digits_shards: Path, name: str, epochs: int) -> str:
+def spec_file(tmp_path: Path, digits_shards: Path | str, name: str, epochs: int) -> str:
     spec = {"base": "digits-cnn",
             "overrides": [f"data.path={digits_shards}", "model.channels=4", f"trainer.max_epochs={epochs}",
                           # streamed (not cached): each rank reads its own shards
@@ -119,12 +121,35 @@ def only_child_run(uri: str, experiment: str):
     return children[0]
 
 
+@pytest.fixture(params=["shared-disk", "bucket"])
+def place(request, digits_shards: Path, tmp_path: Path) -> tuple[str, str]:
+    """(data.path, --storage): a folder every node sees, or a bucket and nothing shared between the nodes
+    but the S3 endpoint (set up before the cluster, whose nodes take the environment when they start)."""
+    if request.param == "shared-disk":
+        return str(digits_shards), str(tmp_path / "ray")
+    bucket = request.getfixturevalue("bucket")
+    copy_dataset(digits_shards, f"s3://{bucket}/digits")
+    return f"s3://{bucket}/digits", f"s3://{bucket}/ray"
+
+
+def stored_files(storage: str, under: str) -> list[str]:
+    import pyarrow.fs
+
+    filesystem, base = pyarrow.fs.FileSystem.from_uri(storage)
+    try:
+        infos = filesystem.get_file_info(pyarrow.fs.FileSelector(f"{base}/{under}", recursive=True))
+    except FileNotFoundError:
+        return []
+    return [info.path for info in infos]
+
+
 @pytest.mark.slow
-def test_spread_trial_survives_a_lost_node_and_submit_runs_on_the_cluster(two_node_cluster, mlflow_server,
+def test_spread_trial_survives_a_lost_node_and_submit_runs_on_the_cluster(place, two_node_cluster, mlflow_server,
                                                                           digits_shards, tmp_path, capsys):
     import pytorch_lightning as pl
 
     cluster = two_node_cluster
+    data, storage = place
     reports, node_lost = tmp_path / "ranks.jsonl", tmp_path / "node-lost"
 
     class ReportRank(pl.Callback):  # a local class: Ray ships it to the workers by value
@@ -156,8 +181,8 @@ def test_spread_trial_survives_a_lost_node_and_submit_runs_on_the_cluster(two_no
     def search() -> None:  # in a thread: Ray starts nodes only from the main thread, which kills and adds them
         try:
             outcome["result"] = run_search(
-                spec_file(tmp_path, digits_shards, "multinode", epochs=2), tracking_uri=mlflow_server,
-                storage=str(tmp_path / "ray"), name="multinode", resources=TrialResources(cpus=2, workers=2),
+                spec_file(tmp_path, data, "multinode", epochs=2), tracking_uri=mlflow_server,
+                storage=storage, name="multinode", resources=TrialResources(cpus=2, workers=2),
                 extra_callbacks=[ReportRank()], verbose=0)
         except BaseException as err:  # re-raised below, in the test's thread
             outcome["error"] = err
@@ -167,7 +192,7 @@ def test_spread_trial_survives_a_lost_node_and_submit_runs_on_the_cluster(two_no
     deadline = time.monotonic() + 300
     def epoch_0_checkpointed() -> bool:  # both ranks wait at epoch 1, and Ray Train holds epoch 0's checkpoint
         waiting = all((tmp_path / f"waiting-{rank}").exists() for rank in (0, 1))
-        return waiting and any((tmp_path / "ray" / "multinode" / "train").glob("*/checkpoint_*"))
+        return waiting and any("/checkpoint_" in path for path in stored_files(storage, "multinode/train"))
 
     while not epoch_0_checkpointed() and searching.is_alive() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -186,7 +211,7 @@ def test_spread_trial_survives_a_lost_node_and_submit_runs_on_the_cluster(two_no
         raise outcome["error"]
     result = outcome["result"]
 
-    train_shards = {s.name for s in read_manifest(digits_shards).split("train").shards}
+    train_shards = {s.name for s in read_manifest(data).split("train").shards}
     by_epoch: dict[int, list[dict]] = {}
     for report in epoch_reports():
         report["node"] = cluster.names[report["node"]]
@@ -202,9 +227,12 @@ def test_spread_trial_survives_a_lost_node_and_submit_runs_on_the_cluster(two_no
     assert run.info.status == "FINISHED" and run.data.metrics["test_samples"] == 360
     steps = [m.step for m in mlflow.MlflowClient(mlflow_server).get_metric_history(run.info.run_id, "val_acc")]
     assert len(steps) == len(set(steps)) == 2  # epoch 1, then epoch 2 after the restart, each once
-    resumed_from = Path(run.data.tags["stride.resumed_from"])  # the trial's last Ray Train checkpoint: epoch 1
-    assert resumed_from.parent == tmp_path / "ray" / "multinode" / "train" / result.rows[0]["trial_id"]
+    resumed_from = run.data.tags["stride.resumed_from"]  # the trial's last Ray Train checkpoint: epoch 1
+    assert resumed_from.rsplit("/", 1)[0].endswith(f"multinode/train/{result.rows[0]['trial_id']}"), resumed_from
+    assert storage.removeprefix("s3://") in resumed_from  # in the bucket when the storage is one
     assert result.rows[0]["status"] == "completed"
+    if storage.startswith("s3://"):
+        return  # the Jobs API below is the same for both places
 
     # the same cluster through its head's Jobs API, as `stride submit -- stride tune ...` from a laptop
     from stride.pipelines.cli import main
