@@ -119,7 +119,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.batch_size:
         config.data.batch_size = args.batch_size
     command = shlex.join(["stride", *sys.argv[1:]]) if sys.argv and "stride" in sys.argv[0] else ""
-    if not args.synthetic and not (Path(config.data.path) / "manifest.json").is_file():
+    if not args.synthetic and not config.data.path.startswith("s3://") \
+            and not (Path(config.data.path) / "manifest.json").is_file():  # a bucket's is checked when it is read
         raise StrideError(f"no dataset at {config.data.path}: prepare it (`stride data prepare`), point "
                           "--set data.path=DIR at it, or benchmark on random data of its shape with --synthetic N")
     with tempfile.TemporaryDirectory(prefix="stride-bench-data-") as tmp:
