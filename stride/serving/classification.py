@@ -37,6 +37,15 @@ class Prediction:
                 "top_k": [{"class": name, "probability": p} for name, p in self.top_k]}
 
 
+def read_image_or_array(path: Path, shape: tuple[int, ...], max_pixels: int) -> np.ndarray:
+    """An image file converted as the training data were, or a `.npy` array of the model's input shape."""
+    if path.suffix.lower() == ".npy":
+        return read_array(path, shape)
+    if is_image_file(path):
+        return read_image(path, shape, max_pixels)
+    raise unsupported_file(path, (".npy",))
+
+
 def read_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
@@ -92,11 +101,7 @@ class ClassificationServing(Serving):
         """Images of any size converted as the training data were (grey or RGB, resized bilinearly to the
         model's H x W, scaled to [0, 1] by their bit depth: stride.serving.image_input); `.npy` arrays of the
         model's input shape (uint8 scaled by 1/255 like stored image shards, finite floats used as they are)."""
-        if path.suffix.lower() == ".npy":
-            return read_array(path, inputs.shape)
-        if is_image_file(path):
-            return read_image(path, inputs.shape, max_pixels)
-        raise unsupported_file(path, (".npy",))
+        return read_image_or_array(path, inputs.shape, max_pixels)
 
     def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int,
                     inputs: TensorSpec | None = None) -> list[Prediction]:

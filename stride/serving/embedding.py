@@ -26,8 +26,7 @@ from stride.lightning_modules.embedding import EmbeddingModule
 from stride.metrics.verification import verification_report
 from stride.names import safe_filename
 from stride.serving.base import DEFAULT_MAX_PIXELS, Evaluation, ExportedModel, Serving, TensorSpec, register_serving
-from stride.serving.classification import read_array
-from stride.serving.image_input import is_image_file, read_image, unsupported_file
+from stride.serving.classification import read_image_or_array
 from stride.tasks import DataFacts
 from stride.tasks.embedding import embedding_width, plot_roc
 from stride.text_table import align_columns
@@ -118,11 +117,7 @@ class EmbeddingServing(Serving):
     def read_input(self, path: Path, inputs: TensorSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """Images converted as the training data were (stride.serving.image_input), or `.npy` arrays of the
         model's input shape."""
-        if path.suffix.lower() == ".npy":
-            return read_array(path, inputs.shape)
-        if is_image_file(path):
-            return read_image(path, inputs.shape, max_pixels)
-        raise unsupported_file(path, (".npy",))
+        return read_image_or_array(path, inputs.shape, max_pixels)
 
     def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int,
                     inputs: TensorSpec | None = None) -> list[Verdict]:
