@@ -30,7 +30,7 @@ from stride.tasks.base import DataFacts, Task, checked_datamodule_arguments, net
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pytorch_lightning as pl
 
-    from stride.architectures.face_detector import FaceDetector
+    from stride.architectures.face_detector import Detector
 
 DEFAULT_IMAGE_SIZE = 512  # the seed trains at 512 x 512 (docs/models.md, A3)
 EVAL_BATCH_SIZE = 8
@@ -94,8 +94,8 @@ class DetectionTask(Task):
 
     def module(self, config: StrideConfig, facts: DataFacts) -> DetectionModule:
         description = {"config": config_to_dict(config), "data": facts.as_dict()}
-        # config loading checks the architecture is a detection one: the registry builds those as FaceDetectors
-        network = cast("FaceDetector", network_taking_pixels(config, facts))
+        # config loading checks the architecture is a detection one: the registry builds those as Detectors
+        network = cast("Detector", network_taking_pixels(config, facts))
         return DetectionModule(network, config.optim, config.schedule, description=description)
 
     def figures(self, module: pl.LightningModule, facts: DataFacts, history: list[dict[str, float]],
@@ -165,7 +165,7 @@ class DetectionTask(Task):
 
     def batch_loss(self, network: nn.Module, batch: Any, forward: Any = None) -> torch.Tensor:
         images, targets = batch
-        detector = cast("FaceDetector", network)  # the registry's detection architectures build FaceDetectors
+        detector = cast("Detector", network)  # FaceNet and YOLO alike (architectures/face_detector.py)
         height, width = images.shape[-2:]
         anchors = detector.anchors(height, width, images.device)
         return detection_loss((forward or network)(images), anchors, targets, detector).total
