@@ -62,6 +62,10 @@ class LocalFolder:
     def __str__(self) -> str:
         return self.uri
 
+    def __fspath__(self) -> str:
+        """`Path(datamodule.root)` goes on working for a folder (plugins written before buckets did that)."""
+        return str(self.path)
+
     def member(self, name: str) -> str:
         return str(self.path / name)
 
