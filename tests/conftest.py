@@ -35,6 +35,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                 "marked slow: " + ", ".join(unmarked))
 
 
+@pytest.fixture(autouse=True)
+def no_exported_tracking_uri():
+    """A test leaves $MLFLOW_TRACKING_URI as it found it: `mlflow.set_tracking_uri` exports it, and a later test's
+    subprocesses (a `stride tune` driver) would then resolve their default store to an earlier test's server."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    after = os.environ.get("MLFLOW_TRACKING_URI")
+    if after != before:
+        os.environ.pop("MLFLOW_TRACKING_URI", None) if before is None else os.environ.update(MLFLOW_TRACKING_URI=before)
+        pytest.fail(f"the test left $MLFLOW_TRACKING_URI={after!r} (was {before!r}); use "
+                    "stride.tracking.store.fluent_tracking_uri, which exports nothing")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

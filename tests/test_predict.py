@@ -14,6 +14,7 @@ from PIL import Image
 from test_registry_support import TrainedRuns, runs, stride  # noqa: F401 (fixture)
 
 from stride.registry import predict_files, promote_best, write_sample_images
+from stride.tracking.store import fluent_tracking_uri
 
 pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
 
@@ -71,14 +72,14 @@ def test_predict_json_matches_the_model_on_the_stored_pixels(mlflow_server, cham
         probabilities = [c["probability"] for c in row["top_k"]]
         assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
         assert row["class"] == row["top_k"][0]["class"] and 0 < row["probability"] <= 1
-    mlflow.set_tracking_uri(mlflow_server)
-    network = mlflow.pytorch.load_model(champion)
-    first, second = stored_test_digits(digits_shards, tmp_path)
-    with torch.no_grad():
-        expected = network(torch.from_numpy(np.stack([first[None], second[None]]).astype(np.float32) / 255)).numpy()
-    for name, index in (("digit.png", 0), ("digit.npy", 0), ("other.npy", 1)):  # same pixels, same answer
-        assert rows[name]["class"] == str(int(expected[index].argmax()))
-        assert rows[name]["probability"] == pytest.approx(float(expected[index].max()), abs=1e-5)
+    with fluent_tracking_uri(mlflow_server):  # exports nothing to later tests
+        network = mlflow.pytorch.load_model(champion)
+        first, second = stored_test_digits(digits_shards, tmp_path)
+        with torch.no_grad():
+            expected = network(torch.from_numpy(np.stack([first[None], second[None]]).astype(np.float32) / 255)).numpy()
+        for name, index in (("digit.png", 0), ("digit.npy", 0), ("other.npy", 1)):  # same pixels, same answer
+            assert rows[name]["class"] == str(int(expected[index].argmax()))
+            assert rows[name]["probability"] == pytest.approx(float(expected[index].max()), abs=1e-5)
 
 
 def test_predict_files_takes_any_model_uri(mlflow_server, champion, runs, files):

@@ -12,6 +12,7 @@ import pytest
 
 from stride.config import load_config
 from stride.pipelines.train import train_and_record as train
+from stride.tracking.store import fluent_tracking_uri
 
 pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
 
@@ -65,9 +66,9 @@ def test_a_recurrent_model_exports_without_warnings_and_computes_what_it_trained
         warnings.simplefilter("always")
         result = train(config, tracking_uri=mlflow_server)
     assert not [w for w in caught if "_flat_weights" in str(w.message)]
-    mlflow.set_tracking_uri(mlflow_server)
-    exported = mlflow.pytorch.load_model(result.model_uri)
-    _, module = load_module(result.outcome.best_checkpoint)
-    images = torch.from_numpy(np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32))
-    with torch.no_grad():
-        torch.testing.assert_close(exported(images), torch.softmax(module.eval()(images), dim=1))
+    with fluent_tracking_uri(mlflow_server):  # exports nothing to later tests
+        exported = mlflow.pytorch.load_model(result.model_uri)
+        _, module = load_module(result.outcome.best_checkpoint)
+        images = torch.from_numpy(np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32))
+        with torch.no_grad():
+            torch.testing.assert_close(exported(images), torch.softmax(module.eval()(images), dim=1))

@@ -12,6 +12,7 @@ from stride.config import load_config
 from stride.datamodules.manifest import manifest_sha256
 from stride.errors import StrideError
 from stride.pipelines.train import train_and_record as train
+from stride.tracking.store import fluent_tracking_uri
 from stride.training.checkpoints import describe_checkpoint, load_module
 
 pytestmark = pytest.mark.slow  # end to end: real Lightning, MLflow, Ray or processes
@@ -57,19 +58,19 @@ def test_run_records_params_metrics_tags_and_artifacts(trained, mlflow_server, d
 
 
 def test_logged_model_loads_back_and_predicts(trained, mlflow_server, digits_shards):
-    mlflow.set_tracking_uri(mlflow_server)
-    model_info = mlflow.models.get_model_info(trained.model_uri)
-    assert model_info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 28, 28)
-    model = mlflow.pyfunc.load_model(trained.model_uri)
-    from stride.datamodules.image_classification import ImageClassificationData
+    with fluent_tracking_uri(mlflow_server):  # exports nothing to later tests
+        model_info = mlflow.models.get_model_info(trained.model_uri)
+        assert model_info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 28, 28)
+        model = mlflow.pyfunc.load_model(trained.model_uri)
+        from stride.datamodules.image_classification import ImageClassificationData
 
-    datamodule = ImageClassificationData(digits_shards, batch_size=100)
-    datamodule.setup("test")
-    images, labels = next(iter(datamodule.test_dataloader()))
-    probabilities = model.predict(images.float().numpy() / 255)
-    assert probabilities.shape == (100, 10)
-    np.testing.assert_allclose(probabilities.sum(1), 1, rtol=1e-5)
-    assert (probabilities.argmax(1) == labels.numpy()).mean() > 0.5
+        datamodule = ImageClassificationData(digits_shards, batch_size=100)
+        datamodule.setup("test")
+        images, labels = next(iter(datamodule.test_dataloader()))
+        probabilities = model.predict(images.float().numpy() / 255)
+        assert probabilities.shape == (100, 10)
+        np.testing.assert_allclose(probabilities.sum(1), 1, rtol=1e-5)
+        assert (probabilities.argmax(1) == labels.numpy()).mean() > 0.5
 
 
 def test_best_checkpoint_is_weights_only_loadable_and_describes_itself(trained, digits_shards):
