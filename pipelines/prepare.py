@@ -13,9 +13,12 @@ from stride.datamodules.sources.mnist_idx import DATASETS as MNIST_LIKE
 from stride.errors import StrideError
 from stride.pipelines.arguments import non_negative_int, open_fraction, positive_int
 
-BUILTIN = ("digits", "patches", "faces", "shapes-captions", "digits-heldout")
-USER_FILES = ("sequences", "identity-folders")
-OFFICIAL_FILES = (*MNIST_LIKE, *CIFAR, "svhn", "wider-face", "coco-captions", "lfw")  # need --source
+BUILTIN = ("digits", "patches", "faces", "shapes-captions", "digits-heldout", "photos")
+USER_FILES = ("sequences", "identity-folders", "image-folder")
+OFFICIAL_FILES = (*MNIST_LIKE, *CIFAR, "svhn", "wider-face", "coco-captions", "lfw", "coco-images")  # need --source
+STYLIZATION = ("photos", "image-folder", "coco-images")  # content images + style images (--styles)
+SOURCE_HINTS = {"sequences": "FILE.npz", "identity-folders": "DIR of <identity>/ image folders",
+                "image-folder": "DIR of .jpg/.png images (searched recursively)"}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -44,22 +47,32 @@ def run_copy(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=[*BUILTIN, *OFFICIAL_FILES, *USER_FILES], help="which dataset to convert")
     parser.add_argument("--source", help="folder with the official raw files (MNIST-format, CIFAR, SVHN), an "
-                        "official CIFAR .tar.gz, or the .npz file of labelled sequences (sequences)")
+                        "official CIFAR .tar.gz, or the .npz file of labelled sequences (sequences); image-folder: "
+                        "a folder of .jpg/.png images; coco-images: the folder holding train2014/ and val2014/ "
+                        "(or the 2017 names)")
     parser.add_argument("--out", required=True, help="output dataset folder (shards + manifest.json), or "
                         "s3://BUCKET/PREFIX: prepared in a temporary folder, then uploaded, the manifest last")
     parser.add_argument("--val-size", type=positive_int, help="validation images split off the training set "
                         "(default: 5000 for MNIST-format, CIFAR and coco-captions, 6000 for SVHN, 180 for digits, "
                         "1000 for "
-                        "patches and wider-face, 40 for faces, 250 for shapes-captions)")
-    parser.add_argument("--test-size", type=positive_int, help="test images (digits: default 360; patches: 1000)")
-    parser.add_argument("--train-size", type=positive_int, default=5000,
-                        help="training images (patches only; default 5000)")
+                        "patches and wider-face, 40 for faces, 250 for shapes-captions, 48 for photos, 10%% of the "
+                        "images for image-folder, 500 of val2014/ for coco-images)")
+    parser.add_argument("--test-size", type=positive_int, help="test images (digits: default 360; patches: 1000; "
+                        "photos: 48; image-folder: 10%% of the images; coco-images: 500 other images of val2014/)")
+    parser.add_argument("--train-size", type=positive_int,
+                        help="training images (patches: default 5000; photos: 480)")
     parser.add_argument("--label-set", choices=("fine", "coarse"), help="cifar100: the 100 fine classes (default) "
                         "or the 20 coarse superclasses")
     parser.add_argument("--svhn-extra", action="store_true", help="svhn: add extra_32x32.mat to the training split")
     parser.add_argument("--image-size", type=positive_int, help="digits, digits-heldout: side in pixels (default 28 "
                         "like MNIST; 8 keeps the native resolution, 64-step sequences); lfw, identity-folders: side "
-                        "of the stored faces (default 64)")
+                        "of the stored faces (default 64); photos, image-folder, coco-images: side of the square "
+                        "content images (default 96 for photos, 256 otherwise, as the dissertation trains)")
+    parser.add_argument("--styles", help="photos, image-folder, coco-images: comma-separated style images, each a "
+                        "built-in style (brick, grass, gravel, stain) or an image file (default: "
+                        "brick,grass,gravel,stain)")
+    parser.add_argument("--style-size", type=positive_int, help="photos, image-folder, coco-images: longest side "
+                        "of the stored style images; smaller ones are kept as they are (default 256)")
     parser.add_argument("--val-fraction", type=open_fraction, default=0.1, help="sequences: validation share when the "
                         "file has no explicit splits; lfw, identity-folders: share of the identities")
     parser.add_argument("--test-fraction", type=open_fraction, default=0.2, help="sequences: test share likewise; "
@@ -98,7 +111,7 @@ def _digits(args: argparse.Namespace, common: dict):
 def _patches(args: argparse.Namespace, common: dict):
     from stride.datamodules.sources.patches import prepare_patches
 
-    return prepare_patches(args.out, train_size=args.train_size, val_size=args.val_size or 1000,
+    return prepare_patches(args.out, train_size=args.train_size or 5000, val_size=args.val_size or 1000,
                            test_size=args.test_size or 1000, **common)
 
 
@@ -173,17 +186,46 @@ def _identity_folders(args: argparse.Namespace, common: dict):
                                     val_fraction=args.val_fraction, test_fraction=args.test_fraction, **common)
 
 
+def _stylization_options(args: argparse.Namespace, common: dict) -> dict:
+    from stride.datamodules.sources.style_images import DEFAULT_STYLES, STYLE_SIZE_PX
+
+    return dict(styles=args.styles or DEFAULT_STYLES, style_size=args.style_size or STYLE_SIZE_PX,
+                val_size=args.val_size, test_size=args.test_size, **common)
+
+
+def _photos(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.content_images import BUILTIN_SIZE_PX, prepare_photos
+
+    options = {**_stylization_options(args, common), "val_size": args.val_size or 48, "test_size": args.test_size or 48}
+    return prepare_photos(args.out, image_size=args.image_size or BUILTIN_SIZE_PX, train_size=args.train_size or 480,
+                          **options)
+
+
+def _image_folder(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.content_images import CONTENT_SIZE_PX, prepare_image_folder
+
+    return prepare_image_folder(args.source, args.out, image_size=args.image_size or CONTENT_SIZE_PX,
+                                **_stylization_options(args, common))
+
+
+def _coco_images(args: argparse.Namespace, common: dict):
+    from stride.datamodules.sources.content_images import CONTENT_SIZE_PX, prepare_coco_images
+
+    return prepare_coco_images(args.source, args.out, image_size=args.image_size or CONTENT_SIZE_PX,
+                               **_stylization_options(args, common))
+
+
 PREPARERS = {"faces": _faces, "wider-face": _wider_face, "shapes-captions": _shapes_captions,
              "coco-captions": _coco_captions, "sequences": _sequences, "digits": _digits, "patches": _patches,
              "svhn": _svhn, "digits-heldout": _digits_heldout, "lfw": _lfw, "identity-folders": _identity_folders,
+             "photos": _photos, "image-folder": _image_folder, "coco-images": _coco_images,
              **dict.fromkeys(MNIST_LIKE, _mnist_like), **dict.fromkeys(CIFAR, _cifar)}
 
 
 def run(args: argparse.Namespace) -> int:
     common = dict(seed=args.seed, encoding=args.encoding, samples_per_shard=args.shard_size, overwrite=args.overwrite)
     if args.dataset in USER_FILES and not args.source:
-        raise StrideError(f"stride data prepare {args.dataset} needs --source "
-                          f"{'FILE.npz' if args.dataset == 'sequences' else 'DIR of <identity>/ image folders'}")
+        raise StrideError(f"stride data prepare {args.dataset} needs --source {SOURCE_HINTS[args.dataset]}")
     if args.dataset in OFFICIAL_FILES and not args.source:
         raise StrideError(f"stride data prepare {args.dataset} needs --source DIR holding the official files "
                           "(docs/datasets.md)")
@@ -195,6 +237,11 @@ def run(args: argparse.Namespace) -> int:
         raise StrideError(f"--raw-out is for faces and shapes-captions, not {args.dataset}")
     if args.karpathy_split and args.dataset != "coco-captions":
         raise StrideError(f"--karpathy-split is for coco-captions, not {args.dataset}")
+    for given, option in ((args.styles, "--styles"), (args.style_size, "--style-size")):
+        if given is not None and args.dataset not in STYLIZATION:
+            raise StrideError(f"{option} is for {', '.join(STYLIZATION)}, not {args.dataset}")
+    if args.train_size is not None and args.dataset not in ("patches", "photos"):
+        raise StrideError(f"--train-size is for patches and photos, not {args.dataset}")
     target = dataset_location(args.out)  # an unsupported URI scheme fails here, before any work
     if isinstance(target, S3Prefix):
         manifest = _prepare_into_bucket(args, common, target)

@@ -194,6 +194,25 @@ def find_official(source: Path) -> tuple[str, dict[str, Path]]:
                       "and captions_val2014.json beside train2014/ and val2014/ (or the 2017 names)")
 
 
+def find_image_folders(source: Path) -> tuple[str, dict[str, Path]]:
+    """(year, {"train": train folder, "val": val folder}) of the official image folders under `source`, annotations
+    not needed; both of one year (the 2017 split re-divides the 2014 images, so years never mix)."""
+    if not source.is_dir():
+        raise StrideError(f"--source {source} is not a folder (expected COCO's train2014/ and val2014/, or the 2017 "
+                          "names)")
+    for year in YEARS:
+        folders = {split: source / f"{split}{year}" for split in ("train", "val")}
+        found = [split for split, folder in folders.items() if folder.is_dir()]
+        if not found:
+            continue
+        if len(found) == 1:
+            missing = folders["val" if found == ["train"] else "train"]
+            raise StrideError(f"{missing}: image folder missing (beside {folders[found[0]]})")
+        return year, folders
+    raise StrideError(f"{source}: no COCO image folders found; expected train2014/ and val2014/ (or train2017/ and "
+                      "val2017/) of JPEG images")
+
+
 def present(images: list[CaptionedImage], source: Path, skips: Skips) -> list[CaptionedImage]:
     found = []
     for image in images:
