@@ -29,7 +29,9 @@ def check_dataset_identity(path: str | Path, expected_sha256: str | None, run_id
 
 
 def check_input_shape(model_shape: tuple[int, ...], data: ShardedDataModule, model_uri: str) -> None:
-    if tuple(model_shape) != tuple(data.input_shape):
+    """Equal shapes, where a -1 of the model's takes any size."""
+    if len(model_shape) != len(data.input_shape) or any(m not in (-1, d) for m, d in zip(model_shape,
+                                                                                       data.input_shape)):
         raise StrideError(f"model {model_uri} takes inputs of shape {list(model_shape)}, but dataset {data.root} "
                           f"holds samples of shape {list(data.input_shape)}")
 

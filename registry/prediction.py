@@ -38,14 +38,13 @@ def predict_files(model_uri: str, files: list[str | Path], top_k: int = 3, track
     client = connect(tracking_uri)
     ref: ModelReference = describe_model(client, model_uri)
     serving = get_serving(ref.task)
-    inputs = np.stack([serving.read_input(check_file(f), TensorSpec(ref.input_shape), max_pixels=max_pixels)
-                       for f in files])
+    inputs = [serving.read_input(check_file(f), TensorSpec(ref.input_shape), max_pixels=max_pixels) for f in files]
     labels = class_names(client, ref)
     if decoding:
         network = rebuilt_decoder(client, ref, decoding)
     else:
         network = load_network(ref)
-    outputs = network(torch.from_numpy(inputs)).numpy()
+    outputs = serving.run(network, inputs)
     rows = serving.predictions(outputs, [str(f) for f in files], labels, top_k, inputs=TensorSpec(ref.input_shape))
     if pictures is not None:
         serving.draw_predictions(rows, Path(pictures))

@@ -93,6 +93,8 @@ def describe_model(client: MlflowClient, uri: str) -> ModelReference:
     input_shape = tuple(int(d) for d in signature.inputs.inputs[0].shape[1:])
     outputs = signature.outputs.inputs if signature.outputs else []
     num_classes = int(outputs[0].shape[-1]) if outputs and getattr(outputs[0], "shape", None) else None
+    if num_classes is not None and num_classes < 0:  # outputs of any size (a stylised image): no classes there
+        num_classes = None
     run_id = (version.run_id if version else None) or files.run_id
     task = (version.tags.get(TASK_TAG) if version else None) or _run_tag(client, run_id, TASK_TAG) or "classification"
     return ModelReference(uri=uri, run_id=run_id, input_shape=input_shape, num_classes=num_classes, files=files,

@@ -55,7 +55,7 @@ def save_exported(model: ExportedModel, folder: Path, mlflow_model: Model) -> No
     import mlflow.pytorch
 
     dtype = np.dtype(model.inputs.dtype)
-    example = np.random.default_rng(0).random((2, *model.inputs.shape)).astype(dtype)
+    example = np.random.default_rng(0).random((2, *(model.example_shape or model.inputs.shape))).astype(dtype)
     signature = ModelSignature(
         inputs=Schema([TensorSpec(dtype, (-1, *model.inputs.shape))]),
         outputs=Schema([TensorSpec(np.dtype(model.outputs.dtype), (-1, *model.outputs.shape))]))

@@ -40,8 +40,9 @@ class ExportedModel:
     """The network a registry serves (CPU, eval mode) and its input/output signature."""
 
     network: nn.Module
-    inputs: TensorSpec
+    inputs: TensorSpec  # a dimension of -1 takes any size (a fully convolutional network's H and W)
     outputs: TensorSpec
+    example_shape: tuple[int, ...] | None = None  # the input example's shape where `inputs` has a -1
 
 
 @dataclass
@@ -92,6 +93,13 @@ class Serving(ABC):
     def read_input(self, path: Path, inputs: TensorSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """One file as the exported network's input (raises StrideError naming the file). Images larger
         than `max_pixels` are refused from their header, before anything is decoded."""
+
+    def run(self, network: nn.Module, inputs: list[np.ndarray]) -> Any:
+        """The network's outputs for the files' inputs: one batch, unless a task's inputs differ in size."""
+        import torch
+
+        with torch.no_grad():
+            return network(torch.from_numpy(np.stack(inputs))).numpy()
 
     @abstractmethod
     def predictions(self, outputs: np.ndarray, files: list[str], labels: list[str], top_k: int,
