@@ -22,7 +22,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "(default 3)")
     parser.add_argument("--beam-size", type=positive_int, help="captioning: decode with a beam search of this width "
                         "(rebuilds the network from the weights its run logged; default: the logged greedy model)")
-    parser.add_argument("--out", help="detection: write each image with its boxes drawn into this folder")
+    parser.add_argument("--style", help="stylization: one style (its name or index) or a blend, one weight per "
+                        "style (e.g. 0.7,0.3); rebuilds the network from the weights its run logged (default: every "
+                        "style the model has)")
+    parser.add_argument("--out", help="detection: write each image with its boxes drawn into this folder; "
+                        "stylization: write each stylised image there (FILE-STYLE.png)")
     add_image_output_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -36,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
         raise StrideError(f"--beam-size must be at least 1, got {args.beam_size}")
     if args.out is not None:
         output_folder(args.out, "--out")
+    decoding = {name: value for name, value in (("beam_size", args.beam_size), ("style", args.style))
+                if value is not None}
     rows, table = predict_files(args.model, args.files, top_k=args.top_k, tracking_uri=args.tracking_uri,
-                                max_pixels=args.max_pixels, pictures=args.out,
-                                decoding=None if args.beam_size is None else {"beam_size": args.beam_size})
+                                max_pixels=args.max_pixels, pictures=args.out, decoding=decoding or None)
     if args.json:
         print(json.dumps({"model": args.model, "predictions": [r.as_dict() for r in rows]}, indent=2))
     else:
