@@ -282,9 +282,10 @@ def parse_dimension(key: str, value: Any, source: str) -> Dimension:
     return Dimension(key, kind, tuple(args))
 
 
-def valid_keys(architectures: list[str]) -> list[str]:
-    """Dotted keys a space may name: the schema's leaves plus the architectures' hyper-parameters."""
-    keys = [key for key in _schema_leaves(StrideConfig) if not key.startswith("model.")]
+def valid_keys(architectures: list[str], config_class: type[StrideConfig] = StrideConfig) -> list[str]:
+    """Dotted keys a space may name: the task config's leaves (its own data and loss options included) plus the
+    architectures' hyper-parameters."""
+    keys = [key for key in _schema_leaves(config_class) if not key.startswith("model.")]
     keys.append("model.architecture")
     for arch in architectures:
         keys += [f"model.{p}" for p in get_architecture(arch).param_names]
@@ -314,7 +315,11 @@ def _architectures(dimensions: list[Dimension], base_raw: dict[str, Any]) -> lis
 
 
 def check_keys(dimensions: list[Dimension], base_raw: dict[str, Any], source: str) -> None:
-    allowed = valid_keys([a for a in _architectures(dimensions, base_raw) if a in architecture_names()])
+    from stride.config.task_configs import task_config
+
+    task = base_raw.get("task", "classification")
+    config_class = task_config(task).config_class if isinstance(task, str) else StrideConfig
+    allowed = valid_keys([a for a in _architectures(dimensions, base_raw) if a in architecture_names()], config_class)
     unknown = [d.key for d in dimensions if d.key not in allowed]
     if unknown:
         raise StrideError(f"{source}: space key(s) {', '.join(unknown)} are not config keys of this search; "
