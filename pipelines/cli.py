@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "stride.pipelines.embed",
     "stride.pipelines.explain",
     "stride.pipelines.bench",
+    "stride.pipelines.stylize",
 ]
 
 

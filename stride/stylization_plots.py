@@ -1,4 +1,5 @@
-"""The stylization figure people look at: each style beside the content images it stylised (docs/stylization.md)."""
+"""The stylization figures people look at (docs/stylization.md): each style beside the content images it stylised,
+and an iterative transfer's loss curves and its content | style | result."""
 
 from __future__ import annotations
 
@@ -39,5 +40,40 @@ def plot_style_grid(styles: list, contents: list, results: list[list], names: li
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_step_curves(history: list[dict[str, float]], parts: dict[str, str], path: Path) -> Path:
+    """One panel per loss part (history key -> title) against the step, on a log scale where values allow it."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(parts), figsize=(4 * len(parts), 3.2), squeeze=False)
+    steps = [row["step"] for row in history]
+    for axis, (part, title) in zip(axes[0], parts.items()):
+        values = [row[part] for row in history]
+        axis.plot(steps, values)
+        if min(values) > 0:
+            axis.set_yscale("log")
+        axis.set_xlabel("step")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_side_by_side(panels: list[tuple[Tensor | np.ndarray, str]], path: Path) -> Path:
+    """Images in one row, each with its title."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3), squeeze=False)
+    for axis, (image, title) in zip(axes[0], panels):
+        axis.imshow(picture(image))
+        axis.set_title(title[:40], fontsize=9)
+        axis.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
