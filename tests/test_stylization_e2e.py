@@ -28,7 +28,8 @@ def test_a_two_style_network_trains_promotes_and_stylises_any_size_by_alias(mlfl
     prepare_photos(data, styles="stain,brick", image_size=32, train_size=24, val_size=4, test_size=4)
     config = load_config("photos-pastiche-multi", [
         f"data.path={data}", "trainer.max_epochs=3", "data.num_workers=0", "model.width=4", "optim.lr=0.01",
-        "model.residual_blocks=2", "loss.network_width=0.125", "data.style_size=64",
+        "model.residual_blocks=2", "loss.network_width=0.125", "data.style_size=64", "loss.content_weight=1",
+        "loss.style_weight=5",
         f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}", "trainer.enable_progress_bar=false",
         "tracking.experiment=stylization-e2e"])
     trained = train_and_record(config, tracking_uri=mlflow_server)
