@@ -309,6 +309,10 @@ def test_eval_mat_round_trip_in_the_official_structure(tmp_path):
     assert str(faces["file_list"][1][0][0][0][0]) == "2_Demonstration_Protesters_2_4"
     np.testing.assert_array_equal(faces["face_bbx_list"][1][0][0][0], [[5, 5, 9, 9], [2, 30, 4, 0]])
     np.testing.assert_array_equal(hard["gt_list"][1][0][0][0][:, 0], [1, 2])
+    keep_index = hard["gt_list"][1][0][0][0]  # as RetinaFace's widerface_evaluate marks the counted faces
+    ignore = np.zeros(len(faces["face_bbx_list"][1][0][0][0]))
+    ignore[keep_index - 1] = 1  # IndexError if the indices were stored as doubles
+    assert ignore.tolist() == [1, 1]
     read = read_wider_eval(tmp_path / "gt")
     assert list(read) == list(val_boxes())
     for file, boxes in val_boxes().items():

@@ -6,7 +6,7 @@ images against these MATLAB v5 files; each holds cell arrays indexed by event, t
 - `event_list`: E x 1 cell of event names (`0--Parade`);
 - `file_list`: E x 1 cell, each an n x 1 cell of image names without `.jpg`;
 - `face_bbx_list`: E x 1 cell, each an n x 1 cell of m x 4 double boxes x, y, w, h;
-- `gt_list` (the three subset files only): E x 1 cell, each an n x 1 cell of k x 1 one-based indices
+- `gt_list` (the three subset files only): E x 1 cell, each an n x 1 cell of k x 1 one-based integer indices
   of the faces that count in that difficulty subset (the other faces are ignored, neither hits nor misses).
 
 scipy.io reads a cell as a numpy object array (and writes an object array as a cell), so
@@ -220,7 +220,9 @@ def write_wider_eval(folder: str | Path, boxes: Mapping[str, np.ndarray],
             mask = np.asarray(subsets[subset][file], dtype=bool)
             if mask.shape != (len(matrices[file]),):
                 raise ValueError(f"subset {subset}, {file}: {mask.shape[0]} flags for {len(matrices[file])} faces")
-            return (np.flatnonzero(mask) + 1).astype(np.float64).reshape(-1, 1)
+            # integers: the Python ports of the official evaluation (RetinaFace's widerface_evaluate) index
+            # with them (`ignore[keep_index - 1] = 1`), which numpy refuses for floats
+            return (np.flatnonzero(mask) + 1).astype(np.uint16).reshape(-1, 1)
         gt_list = _cell([_cell([indices(file) for file in files]) for files in events.values()])
         _save(folder / file_name, {**listed, "gt_list": gt_list})
     return [folder / name for name in EVAL_FILES]
