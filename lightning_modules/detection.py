@@ -129,33 +129,46 @@ class ImageDetections(NamedTuple):
     annotation: dict[str, Any]
 
 
-def pack_images(predictions: list[np.ndarray], ground_truth: list[np.ndarray]) -> np.ndarray:
-    """Rows (image, is_face, x1, y1, x2, y2, score) of every prediction and ground-truth face: one
-    float32 array per rank, so ranks can all-gather them as tensors (no pickled objects)."""
-    rows = [np.zeros((0, 7), np.float32)]
+def true_boxes(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(x1, y1, x2, y2 of every annotated face, which of them count): faces of zero width or height are
+    kept out of the count, as they are out of the training targets."""
+    boxes = np.asarray(annotation["boxes"], dtype=np.float64).reshape(-1, 4)
+    xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    return xyxy, np.asarray(annotation["trainable"], dtype=bool).reshape(-1)
+
+
+def pack_images(predictions: list[np.ndarray], ground_truth: list[np.ndarray],
+                keep: list[np.ndarray] | None = None) -> np.ndarray:
+    """Rows (image, kind, x1, y1, x2, y2, score) of every prediction (kind 0), counted face (1) and ignored
+    face (2): one float64 array per rank, so ranks can all-gather them as tensors (no pickled objects)."""
+    rows = [np.zeros((0, 7))]
     for image, (found, faces) in enumerate(zip(predictions, ground_truth)):
+        kinds = np.where(keep[image], 1.0, 2.0) if keep is not None else np.ones(len(faces))
         rows.append(np.column_stack([np.full(len(found), image), np.zeros(len(found)), found]))
-        rows.append(np.column_stack([np.full(len(faces), image), np.ones(len(faces)), faces, np.zeros(len(faces))]))
-    return np.concatenate(rows).astype(np.float32)
+        rows.append(np.column_stack([np.full(len(faces), image), kinds, faces, np.zeros(len(faces))]))
+    return np.concatenate(rows).astype(np.float64)
 
 
-def unpack_images(rows: np.ndarray, images: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The inverse of `pack_images` for `images` images."""
+def unpack_images(rows: np.ndarray, images: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The inverse of `pack_images` for `images` images: (predictions, faces, which faces count)."""
     index = rows[:, 0].astype(np.int64)
     face = rows[:, 1] > 0
     predictions = [rows[(index == i) & ~face, 2:7] for i in range(images)]
     ground_truth = [rows[(index == i) & face, 2:6] for i in range(images)]
-    return predictions, ground_truth
+    keep = [rows[(index == i) & face, 1] == 1 for i in range(images)]
+    return predictions, ground_truth, keep
 
 
 class DetectionModule(StrideModule):
     """The network's detection loss; per split the loss, and on val/test the AP at IoU 0.5
     (`val_ap`, `test_ap`) over every image of the split.
 
-    AP compares detections with the batch's target boxes (the trainable faces), in batch pixels: IoU
-    does not change with the letterbox scale, so it is the AP in original pixels. The official WIDER
-    FACE evaluation (easy/medium/hard, every face of the annotation) belongs to the task. Under DDP
-    each rank's images are all-gathered before AP, so every rank logs the same number.
+    AP is computed as `stride evaluate` computes it from the logged model: detections in each image's
+    original pixels against every annotated face, the untrainable ones ignored (neither hits nor misses),
+    by the WIDER FACE protocol (whose +1 pixel in box sizes makes IoU depend on the scale, so batch pixels
+    would not do). Images without an annotation (batches made elsewhere) fall back to the batch's target
+    boxes in batch pixels. Under DDP each rank's images are all-gathered before AP, so every rank logs
+    the same number.
     """
 
     network: Detector
@@ -165,6 +178,7 @@ class DetectionModule(StrideModule):
         super().__init__(network, optim, schedule, description)
         self._predictions: list[np.ndarray] = []  # this epoch's val or test images, this rank's
         self._ground_truth: list[np.ndarray] = []
+        self._keep: list[np.ndarray] = []  # which faces of each image count
         # after testing: this rank's test images (all of them without DDP), in original pixels
         self.last_test_predictions: list[ImageDetections] = []
 
@@ -187,39 +201,49 @@ class DetectionModule(StrideModule):
                  split: str) -> None:
         padded = self.network.postprocess(output, height, width).cpu().numpy()  # one transfer per batch
         for rows, target in zip(padded, targets):
-            found = rows[rows[:, 4] > 0]
+            found = rows[rows[:, 4] > 0].astype(np.float64)
+            annotation = target.get("annotation")
+            scale = float(target.get("scale", 1.0))
+            if annotation and "boxes" in annotation and "trainable" in annotation:
+                found[:, :4] /= scale
+                faces, keep = true_boxes(annotation)
+            else:
+                faces = torch.as_tensor(target["boxes"]).reshape(-1, 4).double().cpu().numpy()
+                keep = np.ones(len(faces), bool)
             self._predictions.append(found)
-            self._ground_truth.append(torch.as_tensor(target["boxes"]).reshape(-1, 4).float().cpu().numpy())
+            self._ground_truth.append(faces)
+            self._keep.append(keep)
             if split == "test":
-                original = found.copy()
-                original[:, :4] /= float(target.get("scale", 1.0))
-                self.last_test_predictions.append(ImageDetections(original, target.get("annotation", {})))
+                original = rows[rows[:, 4] > 0].copy()
+                original[:, :4] /= scale
+                self.last_test_predictions.append(ImageDetections(original, annotation or {}))
 
     def _reset(self) -> None:
-        self._predictions, self._ground_truth = [], []
+        self._predictions, self._ground_truth, self._keep = [], [], []
 
-    def _split_images(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _split_images(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """Every rank's images of this epoch (all-gathered as padded tensors under DDP)."""
         if self.trainer.world_size == 1:
-            return self._predictions, self._ground_truth
-        rows = torch.from_numpy(pack_images(self._predictions, self._ground_truth)).to(self.device)
+            return self._predictions, self._ground_truth, self._keep
+        rows = torch.from_numpy(pack_images(self._predictions, self._ground_truth, self._keep)).to(self.device)
         counts = self.all_gather_tensor(torch.tensor([rows.shape[0], len(self._predictions)], device=self.device))
         padded = rows.new_zeros(int(counts[:, 0].max()), 7)
         padded[:rows.shape[0]] = rows
         gathered = self.all_gather_tensor(padded).cpu().numpy()
-        predictions, ground_truth = [], []
+        predictions, ground_truth, keep = [], [], []
         for rank_rows, (count, images) in zip(gathered, counts.cpu().tolist()):
-            found, faces = unpack_images(rank_rows[:count], images)
+            found, faces, counted = unpack_images(rank_rows[:count], images)
             predictions += found
             ground_truth += faces
-        return predictions, ground_truth
+            keep += counted
+        return predictions, ground_truth, keep
 
     def _log_ap(self, split: str) -> None:
-        from stride.metrics.detection_ap import average_precision
+        from stride.metrics.detection_ap import wider_face_ap
 
-        predictions, ground_truth = self._split_images()
-        faces = sum(len(g) for g in ground_truth)
-        ap = average_precision(predictions, ground_truth, iou_threshold=AP_IOU) if faces else 0.0
+        predictions, ground_truth, keep = self._split_images()
+        faces = sum(int(k.sum()) for k in keep)
+        ap = wider_face_ap(predictions, ground_truth, keep, iou_threshold=AP_IOU).ap if faces else 0.0
         self.log(f"{split}_ap", float(ap), prog_bar=split == "val")  # the same on every rank: no sync
         if split == "test":
             self.log("test_samples", float(len(predictions)))

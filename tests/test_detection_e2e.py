@@ -39,6 +39,9 @@ def test_prepare_train_evaluate_predict(tmp_path, mlflow_server, capsys):
     for subset in ("test_ap", "test_ap_easy", "test_ap_medium", "test_ap_hard"):
         value = float(re.search(rf"{subset}\s*: ([0-9.]+)", out).group(1))
         assert 0.0 <= value <= 1.0
+    trained_ap = mlflow.MlflowClient(mlflow_server).get_run(run_id).data.metrics["test_ap"]
+    evaluated_ap = float(re.search(r"test_ap\s*: ([0-9.]+)", out).group(1))
+    assert evaluated_ap == pytest.approx(trained_ap, abs=1e-4)  # the logged model reproduces training's figure
     assert len(read_prediction_files(predictions)) == 60  # every WIDER_val image of the composed set
 
     image, _ = astronaut_face()

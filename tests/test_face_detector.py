@@ -271,11 +271,14 @@ def test_packed_images_survive_the_gather_of_two_ranks():
     rank0 = ([np.array([[1, 2, 3, 4, 0.9]], np.float32), np.zeros((0, 5), np.float32)],
              [np.array([[1, 2, 3, 4]], np.float32), np.array([[5, 6, 7, 8], [1, 1, 2, 2]], np.float32)])
     rank1 = ([np.zeros((0, 5), np.float32)], [np.zeros((0, 4), np.float32)])
-    predictions, ground_truth = [], []
-    for found, faces in (rank0, rank1):
-        p, g = unpack_images(pack_images(found, faces), len(found))
+    predictions, ground_truth, kept = [], [], []
+    keeps = ([np.array([True]), np.array([False, True])], [np.zeros(0, bool)])
+    for (found, faces), keep in zip((rank0, rank1), keeps):
+        p, g, k = unpack_images(pack_images(found, faces, keep), len(found))
         predictions += p
         ground_truth += g
+        kept += k
+    assert [k.tolist() for k in kept] == [[True], [False, True], []]
     assert len(predictions) == len(ground_truth) == 3
     for got, want in zip(predictions + ground_truth, rank0[0] + rank1[0] + rank0[1] + rank1[1]):
         np.testing.assert_array_equal(got, want)

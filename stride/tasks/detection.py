@@ -22,7 +22,7 @@ from stride.config.schema import DataConfig, Section, StrideConfig
 from stride.datamodules.detection import DetectionData, letterbox_scale
 from stride.datamodules.sources.faces import astronaut_face
 from stride.detection_plots import plot_detections, plot_precision_recall
-from stride.lightning_modules.detection import DetectionModule, detection_loss
+from stride.lightning_modules.detection import DetectionModule, detection_loss, true_boxes
 from stride.metrics.detection_ap import wider_face_ap
 from stride.plots import plot_learning_curves
 from stride.tasks.base import DataFacts, Task, checked_datamodule_arguments, network_taking_pixels, register_task
@@ -58,14 +58,6 @@ class DetectionConfig(StrideConfig):
     data: DetectionDataOptions
 
 
-
-
-def true_boxes(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(x1, y1, x2, y2 of every annotated face, which of them count): faces of zero width or height are
-    kept out of the count, as they are out of the training targets."""
-    boxes = np.asarray(annotation["boxes"], dtype=np.float64).reshape(-1, 4)
-    xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-    return xyxy, np.asarray(annotation["trainable"], dtype=bool).reshape(-1)
 
 
 def found_boxes(rows: np.ndarray, scale: float) -> np.ndarray:
