@@ -69,7 +69,7 @@ class DilatedGRU(nn.Module):
         self.head = nn.Linear(hidden_size, num_classes)
 
     @staticmethod
-    def dilated(layer: nn.GRU, x: Tensor, dilation: int) -> Tensor:
+    def dilated(layer: nn.Module, x: Tensor, dilation: int) -> Tensor:
         """[B, T, C] -> [B, T, H] with the recurrence over steps `dilation` apart."""
         batch, steps, _ = x.shape
         padded_steps = -(-steps // dilation) * dilation
