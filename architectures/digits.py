@@ -1,6 +1,7 @@
-"""The seed's digit classifiers (docs/models.md, A1, Tables 1 and 2 of the TCN study).
+"""The seeds' digit classifiers (docs/models.md, A1): Tables 1 and 2 of the TCN study, and the three-block CNN of
+its Swedish companion (001, Figure 10).
 
-Both put BatchNorm *before* each conv/linear layer, as the tables do. The final
+The tables' networks put BatchNorm *before* each conv/linear layer, as the tables do. The final
 softmax is left to the loss (cross-entropy takes logits).
 """
 
@@ -51,3 +52,16 @@ def build_digits_ffn(
         width = hidden_units
     layers += [nn.BatchNorm1d(width), nn.Linear(width, num_classes)]
     return nn.Sequential(*layers)
+
+
+@register("three_block_cnn", task="classification")
+def build_three_block_cnn(*, input_shape: tuple[int, ...], num_classes: int, channels: PositiveInt = 32) -> nn.Module:
+    """001's Figure 10: three blocks of conv 5x5 stride 2, BN, ReLU, then a linear layer to the softmax. The
+    figure gives neither widths nor padding: `channels`, doubled per block, and padding 2 are stride's."""
+    layers: list[nn.Module] = []
+    width, side, height = input_shape[0], input_shape[-1], input_shape[-2]
+    for block in range(3):
+        out = channels * 2 ** block
+        layers += [nn.Conv2d(width, out, 5, stride=2, padding=2), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        width, side, height = out, (side + 1) // 2, (height + 1) // 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * side * height, num_classes))

@@ -39,3 +39,16 @@ def test_registry_lists_and_rejects():
         validate_params("digits_cnn", {"widht": 3})
     with pytest.raises(StrideError, match=r"model\.channels"):
         validate_params("digits_cnn", {"channels": 0})
+
+
+def test_the_three_block_cnn_halves_the_digit_three_times_and_classifies_any_size():
+    import torch
+
+    from stride.architectures import build
+
+    network = build("three_block_cnn", input_shape=(1, 28, 28), num_classes=10)
+    convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size, c.stride) for c in convs] == [((5, 5), (2, 2))] * 3  # 001, Figure 10
+    assert sum(p.numel() for p in network.parameters()) == 277_962
+    assert network(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert build("three_block_cnn", input_shape=(1, 8, 8), num_classes=10)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
