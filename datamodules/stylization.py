@@ -129,7 +129,8 @@ class StylizationData(ShardedDataModule):
     def __init__(self, path: str | Path | LocalFolder | S3Prefix, *, batch_size: int = 4,
                  eval_batch_size: int | None = None, num_workers: int = 0, shuffle_buffer: int = 1000,
                  pin_memory: bool = False, seed: int = 0, normalize: str | bool = False, cache: str = "none",
-                 cache_budget_bytes: int | None = None, horizontal_flip: bool = False, verify_checksums: bool = True):
+                 cache_budget_bytes: int | None = None, cache_device: torch.device | None = None,
+                 horizontal_flip: bool = False, verify_checksums: bool = True):
         task = read_manifest(path).task  # read first: the base's refusal would not say how to make a dataset
         if task != TASK:
             raise StrideError(f"{path}: dataset task is {task!r}, not {TASK!r}; make a stylization dataset with "
@@ -138,7 +139,7 @@ class StylizationData(ShardedDataModule):
         super().__init__(path, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
                          shuffle_buffer=shuffle_buffer, pin_memory=pin_memory, seed=seed,
                          verify_checksums=verify_checksums, normalize="none", cache=cache,
-                         cache_budget_bytes=cache_budget_bytes)
+                         cache_budget_bytes=cache_budget_bytes, cache_device=cache_device)
         self.collate = images_and_keys
         self.image_ext = image_field(self.manifest.sample_schema, self.root.member("manifest.json"))
         self.fields = (self.image_ext, KEY_FIELD)

@@ -125,6 +125,9 @@ class StylizationTask(Task):
         network = build(config.model.architecture, input_shape=facts.input_shape, num_classes=facts.num_classes,
                         **config.model.params)
         channels = {name: layer_channels(loss.network, name, loss.network_width) for name in loss.style_layers}
+        # the run's loss, for `stride bench`'s bare loop (batch_loss gets the network only); a plain attribute,
+        # so neither the network's state dict nor its export carries it
+        network.__dict__["bench_loss"] = (partial(perceptual_loss, loss), channels)
         description = {"config": config_to_dict(config), "data": facts.as_dict(),
                        "loss_network": loss_spec(loss).describe()}
         return StylizationModule(network, partial(perceptual_loss, loss), channels, facts.num_classes,
@@ -144,30 +147,25 @@ class StylizationTask(Task):
         return made
 
     def batch_loss(self, network: nn.Module, batch: Any, forward: Any = None) -> torch.Tensor:
-        """Eq. 5.10 over the loss network of the built-in defaults (`stride bench`'s bare loop times the same
-        computation as training, whatever the style targets hold)."""
+        """Eq. 5.10 over the run's own loss network (`stride bench`'s bare loop times what training computes,
+        whatever the style targets hold)."""
         images = batch[0]
-        perceptual = _bench_loss(images.device)
+        make, channels = network.__dict__["bench_loss"]  # set by self.module
+        perceptual = _BENCH.get(id(network))
+        if perceptual is None:
+            perceptual = _BENCH[id(network)] = make()
+            perceptual.network.to(images.device)
         styles = int(getattr(network, "styles", 1))
         mixture = nn.functional.one_hot(torch.randint(styles, (len(images),), device=images.device), styles).float()
         outputs = (forward or network)(images, mixture)
-        targets = {name: torch.zeros(styles, layer_channels("vgg16", name), layer_channels("vgg16", name),
-                                     device=images.device) for name in perceptual.weights.style_layers}
+        targets = {name: torch.zeros(styles, c, c, device=images.device) for name, c in channels.items()}
         return perceptual(outputs, images, targets, mixture)[0]
 
     def evaluation_data(self, path: str | Path, input_shape: tuple[int, ...] | None = None) -> StylizationData:
         return StylizationData(path, batch_size=EVAL_BATCH_SIZE, num_workers=0, pin_memory=False)
 
 
-_BENCH: dict[str, PerceptualLoss] = {}
-
-
-def _bench_loss(device: torch.device) -> PerceptualLoss:
-    if str(device) not in _BENCH:
-        loss = perceptual_loss(StylizationLossOptions())
-        loss.network.to(device)
-        _BENCH[str(device)] = loss
-    return _BENCH[str(device)]
+_BENCH: dict[int, PerceptualLoss] = {}  # network id -> its loss network, built once per benchmark
 
 
 register_task(StylizationTask())
