@@ -101,7 +101,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="start from the content image (default) or from Gaussian noise")
     parser.add_argument("--snapshot-every", type=non_negative_int, default=50,
                         help="save the image every this many steps (default 50; 0: no snapshots)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random filters and the noise (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the random filters and the noise (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to optimise (default: a GPU if there is one)")
     parser.add_argument("--max-pixels", type=positive_int, default=50_000_000,

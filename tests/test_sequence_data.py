@@ -172,7 +172,7 @@ def test_sequence_task_on_sequence_manifest_and_mismatch(tmp_path, digits_shards
     assert isinstance(get_task(config.task).datamodule(config), SequenceClassificationData)
     image_task = load_config("digits-cnn", [f"data.path={tmp_path / 'seq'}"])
     with pytest.raises(StrideError, match=r"dataset task is 'sequence_classification'.*recipes .*tcn-digits.*"
-                                          r"architectures gru, lstm, tcn"):
+                                          r"architectures dilated_gru, gru, lstm, tcn"):
         get_task(image_task.task).datamodule(image_task)
     permuted = load_config("tcn-digits", [f"data.path={tmp_path / 'seq'}", "data.sequence_view=permuted"])
     with pytest.raises(StrideError, match="data.sequence_view=permuted: .* already holds sequences"):
