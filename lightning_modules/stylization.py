@@ -102,7 +102,8 @@ class StylizationModule(StrideModule):
 
     def _step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
         images = batch[0]
-        self.perceptual.network.to(images.device)
+        if self.perceptual.network.mean.device != images.device:  # once per device, not per step
+            self.perceptual.network.to(images.device)
         if split == "train":
             ids = torch.randint(self.styles, (len(images),), device=images.device)
             contents, mixture = images, nn.functional.one_hot(ids, self.styles).float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import matplotlib
@@ -11,8 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_learning_curves(history: list[dict[str, float]], path: Path) -> Path:
-    """One panel per metric family (loss, acc), train and val per epoch."""
+def plot_learning_curves(history: list[dict[str, float]], path: Path, families: Collection[str] | None = None) -> Path:
+    """One panel per metric family (loss, acc), train and val per epoch; `families`: only these panels (a task
+    whose other numbers are logged as metrics, not drawn)."""
+    if families is not None:
+        history = [{k: v for k, v in row.items() if k == "epoch" or k.split("_", 1)[-1] in families}
+                   for row in history]
     families = sorted({key.split("_", 1)[1] for row in history for key in row if "_" in key and key != "epoch"})
     fig, axes = plt.subplots(1, max(1, len(families)), figsize=(5 * max(1, len(families)), 3.6), squeeze=False)
     for axis, family in zip(axes[0], families):

@@ -114,7 +114,8 @@ class StylizationServing(Serving):
         if not isinstance(data, StylizationData):
             raise StrideError(f"{data.root}: model {model} is a stylization model; evaluate it on a stylization "
                               "dataset")
-        ruler = StyleRuler(style_tensors_of(data))
+        styles = style_tensors(data.style_images())
+        ruler = StyleRuler(styles)
         sums: dict[str, float] = defaultdict(float)
         samples = measured = 0
         contents: list[Tensor] = []
@@ -137,7 +138,7 @@ class StylizationServing(Serving):
         metrics = {f"{split}_{name}": total / max(1, measured) for name, total in sums.items()}
         metrics[f"{split}_style_ratio"] = float(StyleRuler.ratio(sums["style_loss"], sums["unstyled_style_loss"]))
         metrics[f"{split}_samples"] = float(samples)
-        grid = (style_tensors_of(data), contents, [[r[s] for r in results] for s in range(data.num_classes)],
+        grid = (styles, contents, [[r[s] for r in results] for s in range(data.num_classes)],
                 list(data.class_names))
         return Evaluation(split, metrics, samples, data.root.absolute_uri, data.dataset_sha256,
                           details={"grid": grid, "class_names": list(data.class_names)})
@@ -195,10 +196,6 @@ class StylizationServing(Serving):
             raise StrideError(f"a stylization model takes --style, not {', '.join(sorted(unknown))}")
         names = list(module.hparams["stride"]["data"]["class_names"])
         return Blended(module.network, style_weights(str(options["style"]), names)).cpu().eval()
-
-
-def style_tensors_of(data: StylizationData) -> list[Tensor]:
-    return style_tensors(data.style_images())
 
 
 register_serving(StylizationServing())

@@ -126,10 +126,7 @@ class EmbeddingTask(Task):
     def figures(self, module: Any, facts: DataFacts, history: list[dict[str, float]], folder: Path,
                 title: str) -> list[Path]:
         assert isinstance(module, EmbeddingModule)  # made by self.module
-        made = []
-        curves = [{k: v for k, v in row.items() if k == "epoch" or k.split("_", 1)[-1] in CURVES} for row in history]
-        if history:
-            made.append(plot_learning_curves(curves, folder / "learning_curves.png"))
+        made = [plot_learning_curves(history, folder / "learning_curves.png", CURVES)] if history else []
         if module.last_test_report is not None:
             made.append(plot_roc({"test pairs": module.last_test_report.roc}, folder / "roc_test.png", title))
         return made

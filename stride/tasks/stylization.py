@@ -127,19 +127,17 @@ class StylizationTask(Task):
         channels = {name: layer_channels(loss.network, name, loss.network_width) for name in loss.style_layers}
         # the run's loss, for `stride bench`'s bare loop (batch_loss gets the network only); a plain attribute,
         # so neither the network's state dict nor its export carries it
-        network.__dict__["bench_loss"] = (partial(perceptual_loss, loss), channels)
+        make_loss = partial(perceptual_loss, loss)
+        network.__dict__["bench_loss"] = (make_loss, channels)
         description = {"config": config_to_dict(config), "data": facts.as_dict(),
                        "loss_network": loss_spec(loss).describe()}
-        return StylizationModule(network, partial(perceptual_loss, loss), channels, facts.num_classes,
+        return StylizationModule(network, make_loss, channels, facts.num_classes,
                                  config.data.style_size, config.optim, config.schedule, description=description)
 
     def figures(self, module: Any, facts: DataFacts, history: list[dict[str, float]], folder: Path,
                 title: str) -> list[Path]:
         assert isinstance(module, StylizationModule)  # made by self.module
-        made = []
-        curves = [{k: v for k, v in row.items() if k == "epoch" or k.split("_", 1)[-1] in CURVES} for row in history]
-        if history:
-            made.append(plot_learning_curves(curves, folder / "learning_curves.png"))
+        made = [plot_learning_curves(history, folder / "learning_curves.png", CURVES)] if history else []
         if module.grid_contents and module.style_images:
             styles, contents, results = module.grid()
             made.append(plot_style_grid(styles, contents, results, list(facts.class_names),
