@@ -38,44 +38,78 @@ def stride(capsys):
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """`ray start --head --block` in its own session and temp dir, so tearing it down touches no other Ray."""
+    """`ray start --head --block` in its own session and temp dir, so tearing it down touches no other Ray.
+
+    A head that exits before its dashboard answers (a port taken between `free_port` and Ray's bind) is started once
+    more on fresh ports; its own output is kept so a second failure says why.
+    """
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    dashboard_port = free_port()
-    head = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port", str(free_port()),
-         "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-         "--include-dashboard", "true", "--num-cpus", "1", "--temp-dir", temp_dir, "--disable-usage-stats",
-         # every other fixed default port too (52365, 10001, ...): a leftover or parallel Ray holding one must not
-         # make this head fail to start
-         *(item for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--ray-client-server-port",
-                             "--runtime-env-agent-port", "--metrics-export-port")
-           for item in (flag, str(free_port())))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard_port}"
+    head = None
     try:
-        wait_for_dashboard(address, 150, head)
+        for attempt in (1, 2):
+            head, address, log_path = _start_head(temp_dir, attempt)
+            if wait_for_dashboard(address, 150, head):
+                break
+            _stop_head(head)
+            if attempt == 2:
+                raise RuntimeError(f"Ray head {address} did not answer within 150 s (exit {head.poll()}); "
+                                   f"its output ends:\n{_tail(log_path)}")
         yield address
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        if head is not None:
+            _stop_head(head)
         _kill_leftovers(temp_dir)
 
 
-def wait_for_dashboard(address: str, timeout_s: float, head: subprocess.Popen) -> None:
-    """Any HTTP answer counts: with Ray's token authentication on, /api/version says 401."""
+def _start_head(temp_dir: str, attempt: int) -> tuple[subprocess.Popen, str, str]:
+    dashboard_port = free_port()
+    log_path = os.path.join(temp_dir, f"head-{attempt}.log")
+    with open(log_path, "wb") as log:
+        head = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port", str(free_port()),
+             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port",
+             str(dashboard_port), "--include-dashboard", "true", "--num-cpus", "1", "--temp-dir", temp_dir,
+             "--disable-usage-stats",
+             # every other fixed default port too (52365, 10001, ...): a leftover or parallel Ray holding one must not
+             # make this head fail to start
+             *(item for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                 "--ray-client-server-port", "--runtime-env-agent-port", "--metrics-export-port")
+               for item in (flag, str(free_port())))],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return head, f"http://127.0.0.1:{dashboard_port}", log_path
+
+
+def _stop_head(head: subprocess.Popen) -> None:
+    """The head's whole process group; one that already exited (the group is gone) is fine."""
+    for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(head.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            head.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(path: str, lines: int = 40) -> str:
+    with open(path, errors="replace") as log:
+        return "".join(log.readlines()[-lines:])
+
+
+def wait_for_dashboard(address: str, timeout_s: float, head: subprocess.Popen) -> bool:
+    """True once the dashboard answers; any HTTP answer counts (with Ray's token authentication on, 401)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and head.poll() is None:
         try:
             with urllib.request.urlopen(f"{address}/api/version", timeout=2):
-                return
+                return True
         except urllib.error.HTTPError:
-            return
+            return True
         except OSError:
             time.sleep(0.5)
-    raise TimeoutError(f"Ray head dashboard {address} did not answer within {timeout_s} s (exit {head.poll()})")
+    return False
 
 
 def _kill_leftovers(temp_dir: str) -> None:
