@@ -136,6 +136,12 @@ def test_recipe_parameter_counts():
     # Bai et al.'s ~70K-parameter RNN baselines: hidden 130; gates x (130 + 130*130 + 2*130) + head 1310
     assert recipe_count("lstm-seqmnist") == 4 * 17_290 + 1310 == 70_470
     assert recipe_count("gru-seqmnist") == 3 * 17_290 + 1310 == 53_180
+    # the permuted-MNIST reference rows are the same networks on a permuted view
+    for seq, permuted in (("tcn-original", "tcn-original-pmnist"), ("lstm-seqmnist", "lstm-pmnist"),
+                          ("gru-seqmnist", "gru-pmnist")):
+        assert recipe_count(permuted) == recipe_count(seq), permuted
+        config = load_config(permuted, ["data.path=unused"])
+        assert config.data.sequence_view == "permuted" and config.data.permutation_seed == 0
 
 
 @pytest.mark.parametrize("params,key", [
