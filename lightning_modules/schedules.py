@@ -11,10 +11,11 @@ from stride.config.schema import ScheduleConfig
 def lr_multiplier(schedule: ScheduleConfig, total_steps: int) -> Callable[[int], float]:
     """Multiplier of the base lr at each step: warm-up, then constant / step decay / cosine."""
     milestone_steps = [int(round(fraction * total_steps)) for fraction in schedule.milestones]
+    factors = schedule.gamma if isinstance(schedule.gamma, list) else [schedule.gamma] * len(milestone_steps)
 
     def decay(step: int) -> float:
         if schedule.name == "step":
-            return schedule.gamma ** sum(step >= m for m in milestone_steps)
+            return math.prod(factor for m, factor in zip(milestone_steps, factors, strict=True) if step >= m)
         if schedule.name == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
         return 1.0

@@ -58,9 +58,10 @@ class OptimConfig(Section):
 
 class ScheduleConfig(Section):
     name: Literal["constant", "step", "cosine"] = "constant"
-    # step: multiply the lr by `gamma` at each fraction of the total steps (the seed: /10 at 70% and 90%)
+    # step: multiply the lr by `gamma` at each fraction of the total steps (the seed: /10 at 70% and 90%); a list
+    # gives each milestone its own factor (NiN on MNIST, docs/models.md D: /2 after 40 and /5 after 50 of 60 epochs)
     milestones: list[float] = [0.7, 0.9]
-    gamma: PositiveFloat = 0.1
+    gamma: PositiveFloat | list[PositiveFloat] = 0.1
     # warm-up: "linear" ramps over warmup_steps; "step" divides the lr by warmup_factor
     # once per warm-up milestone not yet reached (the TCN seed: x10 after 100 and 1000 steps)
     warmup: Literal["none", "linear", "step"] = "none"
@@ -72,6 +73,9 @@ class ScheduleConfig(Section):
     def _check(self) -> ScheduleConfig:
         if any(not 0 < m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing fractions of training in (0, 1), got {self.milestones}")
+        if isinstance(self.gamma, list) and len(self.gamma) != len(self.milestones):
+            raise ValueError(f"gamma: a list needs one factor per milestone ({len(self.milestones)}), "
+                             f"got {len(self.gamma)}")
         if self.warmup_milestones != sorted(self.warmup_milestones):
             raise ValueError(f"warmup_milestones must be increasing step numbers, got {self.warmup_milestones}")
         return self
