@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     with SignalWatch() as signals:
         try:
             code = int(args.handler(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        except BrokenPipeError:  # `stride recipes | head`: the reader left; no traceback, and none at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # the shell's status for a writer stopped by SIGPIPE
         except Exception as err:
             message = str(err) if isinstance(err, StrideError) else disk_full_message(err, args)
             if message is None or args.verbose:

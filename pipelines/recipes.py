@@ -19,7 +19,10 @@ def run(args: argparse.Namespace) -> int:
         _, source = load_raw(args.show)
         print(f"# {source}, resolved\n{config_to_yaml(load_config(args.show))}", end="")
         return 0
-    for name in recipe_names():
+    names = recipe_names()
+    width = max(map(len, names), default=0)
+    for name in names:
         raw, _ = load_raw(name)
-        print(f"{name:28s} {raw.get('model', {}).get('architecture', '?'):14s} data={raw.get('data', {}).get('path')}")
+        architecture = raw.get("model", {}).get("architecture", "?")
+        print(f"{name:{width}s}  {architecture:15s} data={raw.get('data', {}).get('path')}")
     return 0

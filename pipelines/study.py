@@ -40,9 +40,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 def list_studies(args: argparse.Namespace) -> int:
     from stride.tuning.study import load_study, study_names
 
-    for name in study_names():
+    names = study_names()
+    width = max(map(len, names), default=0)
+    for name in names:
         study, _, _ = load_study(name)
-        print(f"{name:28s} {study.source}: {len(study.rows)} rows, scales {', '.join(study.scales)}")
+        print(f"{name:{width}s}  {study.source}: {len(study.rows)} rows, scales {', '.join(study.scales)}")
     return 0
 
 
