@@ -1,6 +1,7 @@
 """Face detection end to end on the built-in composed faces: prepare, train (real Lightning, real MLflow
-server), evaluate the logged model the WIDER FACE way with the official per-image files, predict a real
-photograph. Tiny sizes: this checks the wiring, not the detector's quality (docs/benchmarks.md)."""
+server), evaluate the logged model the WIDER FACE way with the official per-image files (scored again by the
+Python port of the official tools), predict a real photograph. Tiny sizes: this checks the wiring, not the
+detector's quality (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 
 import mlflow
 import pytest
+import wider_port
 from PIL import Image
 
 from stride.datamodules.sources.faces import astronaut_face
@@ -20,9 +22,10 @@ pytestmark = pytest.mark.slow
 
 def test_prepare_train_evaluate_predict(tmp_path, mlflow_server, capsys):
     shards = tmp_path / "faces"
-    assert main(["data", "prepare", "faces", "--out", str(shards), "--val-size", "8"]) == 0
+    assert main(["data", "prepare", "faces", "--out", str(shards), "--val-size", "8", "--raw-out",
+                 str(tmp_path / "raw")]) == 0
     assert main(["train", "faces-facenet-v1-1", "--tracking-uri", mlflow_server, "--set", f"data.path={shards}",
-                 "data.image_size=64", "model.head_channels=16", "trainer.max_epochs=1",
+                 "data.image_size=64", "model.head_channels=16", "model.score_threshold=0", "trainer.max_epochs=1",
                  "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false",
                  f"trainer.checkpoint_dir={tmp_path / 'ckpt'}", "tracking.experiment=faces-e2e"]) == 0
     out = capsys.readouterr().out
@@ -43,6 +46,12 @@ def test_prepare_train_evaluate_predict(tmp_path, mlflow_server, capsys):
     evaluated_ap = float(re.search(r"test_ap\s*: ([0-9.]+)", out).group(1))
     assert evaluated_ap == pytest.approx(trained_ap, abs=1e-4)  # the logged model reproduces training's figure
     assert len(read_prediction_files(predictions)) == 60  # every WIDER_val image of the composed set
+    # the widely used Python port of the official tools, on the files stride wrote, gives stride's figures
+    port = wider_port.evaluate(predictions, tmp_path / "raw" / "eval_tools" / "ground_truth")
+    for subset in ("easy", "medium", "hard"):
+        assert port[subset] == pytest.approx(float(re.search(rf"test_ap_{subset}\s*: ([0-9.]+)", out).group(1)),
+                                             abs=1e-4), subset
+    assert port["hard"] > 0  # detections to compare (the threshold 0 keeps even an untrained network's boxes)
 
     image, _ = astronaut_face()
     photo = tmp_path / "astronaut.jpg"
