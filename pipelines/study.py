@@ -44,7 +44,8 @@ def list_studies(args: argparse.Namespace) -> int:
     width = max(map(len, names), default=0)
     for name in names:
         study, _, _ = load_study(name)
-        print(f"{name:{width}s}  {study.source}: {len(study.rows)} rows, scales {', '.join(study.scales)}")
+        rows = f"{len(study.rows)} row" + ("s" if len(study.rows) != 1 else "")
+        print(f"{name:{width}s}  {study.source}: {rows}, scales {', '.join(study.scales)}")
     return 0
 
 
