@@ -36,6 +36,7 @@ from stride.errors import StrideError
 IMAGE_FEATURES = 512  # ResNet-18's global average pool
 EOS_ID = 0  # what -100 padding becomes before embedding (the vocabulary's eos_id)
 ImageConditioning = Literal["first_step", "every_step"]
+InitialState = Literal["every_layer", "first_layer"]  # which GRU layers start from the image vector
 DecoderState = tuple[Tensor, ...]  # every tensor batch-first, so beams can reorder rows alike
 _Network = TypeVar("_Network", bound=nn.Module)
 
@@ -204,11 +205,13 @@ class TCNCaptioner(CaptionNetwork):
 
 class GRUCaptioner(CaptionNetwork):
     """The study's GRU decoder: the image vector (projected to hidden_size when they differ) is the initial
-    hidden state of every layer, and also the first input; a linear layer reads the top layer."""
+    hidden state of every layer, or of the first only (`first_layer`, the study's "the first hidden layer in the
+    GRU"; the others start at zero), and also the first input; a linear layer reads the top layer."""
 
-    def __init__(self, hidden_size: int, num_layers: int, dropout: float, **shared):
+    def __init__(self, hidden_size: int, num_layers: int, dropout: float, initial_state: InitialState = "every_layer",
+                 **shared):
         super().__init__(**shared)
-        self.num_layers = num_layers
+        self.num_layers, self.initial_state = num_layers, initial_state
         self.image_to_hidden = nn.Identity() if hidden_size == IMAGE_FEATURES else nn.Linear(IMAGE_FEATURES,
                                                                                              hidden_size)
         # PyTorch applies dropout between layers only, and warns when there is none to apply.
@@ -217,7 +220,10 @@ class GRUCaptioner(CaptionNetwork):
         self.head = nn.Linear(hidden_size, self.vocabulary_size)
 
     def _initial_hidden(self, features: Tensor) -> Tensor:
-        return self.image_to_hidden(features)[None].expand(self.num_layers, -1, -1).contiguous()
+        image = self.image_to_hidden(features)[None]
+        if self.initial_state == "first_layer":
+            return torch.cat([image, image.new_zeros(self.num_layers - 1, *image.shape[1:])])
+        return image.expand(self.num_layers, -1, -1).contiguous()
 
     def teacher_forced(self, features: Tensor, inputs: Tensor) -> Tensor:
         out, _ = self.gru(inputs, self._initial_hidden(features))
@@ -387,14 +393,17 @@ def build_caption_gru(
     num_layers: PositiveInt = 3,
     dropout: DropProbability = 0.0,
     image_conditioning: ImageConditioning = "first_step",
+    initial_state: InitialState = "every_layer",
     encoder_weights: str | None = None,
     freeze_encoder: bool = False,
 ) -> nn.Module:
-    """ResNet-18 + GRU captioner: 3 layers x 512, the image vector the initial hidden state of every layer.
+    """ResNet-18 + GRU captioner: 3 layers x 512, the image vector the initial hidden state of every layer
+    (`initial_state: first_layer`: of the first only, as the study writes it; docs/models.md, A4).
 
     `num_classes` is the vocabulary size.
     """
     _check_input("caption_gru", input_shape, num_classes)
-    return GRUCaptioner(hidden_size, num_layers, dropout, vocabulary_size=num_classes, embedding_size=embedding_size,
+    return GRUCaptioner(hidden_size, num_layers, dropout, initial_state, vocabulary_size=num_classes,
+                        embedding_size=embedding_size,
                         image_conditioning=image_conditioning, encoder_weights=encoder_weights,
                         freeze_encoder=freeze_encoder)

@@ -338,3 +338,27 @@ def test_a_checkpoint_rebuilds_without_the_encoder_file_it_was_initialised_from(
     (tmp_path / "resnet18.pt").unlink()
     _, rebuilt = load_module(tmp_path / "module.pt")
     assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), rebuilt.state_dict().values()))
+
+
+def test_the_image_vector_may_start_the_first_gru_layer_only() -> None:
+    """The study's "the first hidden layer in the GRU": layer 0 starts from the image, the others from zero;
+    step-by-step decoding still equals teacher forcing, and the default (every layer) differs from it."""
+    network = tiny("caption_gru", initial_state="first_layer")
+    features = network.image_vectors(images())
+    hidden = network._initial_hidden(features)
+    assert hidden.shape == (2, 2, 24) and hidden[0].abs().sum() > 0 and torch.all(hidden[1] == 0)
+    tokens = torch.randint(2, V, (2, 8), generator=torch.Generator().manual_seed(3))
+    forced = network(images(), tokens)
+    with torch.no_grad():
+        logits, state = network.start(features)
+        steps = [logits]
+        for t in range(tokens.shape[1] - 1):
+            logits, state = network.advance(state, tokens[:, t])
+            steps.append(logits)
+    assert torch.allclose(torch.stack(steps, dim=1), forced, atol=1e-5)
+    assert not torch.allclose(tiny("caption_gru")(images(), tokens), forced)  # same weights, other start
+    with torch.no_grad():  # and it exports with a dynamic batch
+        program = torch.export.export(CaptionExport(network, max_words=5), (images(),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        for n in (1, 3):
+            assert torch.equal(program.module()(images(n)), network.generate(images(n), max_words=5))
