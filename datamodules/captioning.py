@@ -3,8 +3,9 @@
 A batch, once on the device, is `(images, tokens, lengths, references)`:
 images float32 N x 3 x S x S in [0, 1]; tokens int64 N x T, one caption's word ids then EOS (0),
 padded with -100; lengths int64 N (words + 1); references, every raw caption of each image.
-Training takes one caption per image, drawn from (seed, epoch, image id), so an epoch sees
-each image once with a different caption each time; evaluation always takes the first.
+Training takes one caption per image (or `captions_per_image` distinct ones, the image repeated for each),
+drawn from (seed, epoch, image id), so an epoch sees each image once with different captions each time;
+evaluation always takes the first.
 
 Loader workers resize each image to S x S (images vary in size, so this is what lets them
 stack); crop and flip run batched on the device. Flipping swaps "left" and "right" in the
@@ -77,9 +78,19 @@ def random_square_crop(images: torch.Tensor, side_range: tuple[float, float] = C
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def caption_choice(seed: int, epoch: int, image_ids: list[int], counts: list[int]) -> list[int]:
-    """Which caption each image trains on this epoch: the same on every rank, run and loader worker count."""
-    return [random.Random(f"{seed}-{epoch}-{image_id}").randrange(count) for image_id, count in zip(image_ids, counts)]
+def caption_choice(seed: int, epoch: int, image_ids: list[int], counts: list[int], per_image: int = 1) -> list[int]:
+    """Which captions each image trains on this epoch (`per_image` of them in a row per image, distinct while it
+    has enough): the same on every rank, run and loader worker count."""
+    chosen = []
+    for image_id, count in zip(image_ids, counts):
+        draw = random.Random(f"{seed}-{epoch}-{image_id}")
+        if per_image == 1:
+            chosen.append(draw.randrange(count))
+        elif count >= per_image:
+            chosen.extend(draw.sample(range(count), per_image))
+        else:  # every caption once, the rest drawn again
+            chosen.extend(draw.sample(range(count), count) + [draw.randrange(count) for _ in range(per_image - count)])
+    return chosen
 
 
 class CaptioningData(ShardedDataModule):
@@ -88,13 +99,13 @@ class CaptioningData(ShardedDataModule):
     cacheable = False  # images of every size, several captions each: always streamed
 
     def __init__(self, path: str | Path, *, image_size: int = 224, horizontal_flip: bool = False,
-                 random_crop: bool = False, max_words: int = 50, **kwargs: Any):
+                 random_crop: bool = False, max_words: int = 50, captions_per_image: int = 1, **kwargs: Any):
         super().__init__(path, **kwargs)
-        if image_size < 8 or max_words < 1:
-            raise StrideError(f"captioning needs data.image_size >= 8 and max_words >= 1, got {image_size}, "
-                              f"{max_words}")
+        if image_size < 8 or max_words < 1 or captions_per_image < 1:
+            raise StrideError(f"captioning needs data.image_size >= 8, max_words >= 1 and captions_per_image >= 1, "
+                              f"got {image_size}, {max_words}, {captions_per_image}")
         self.image_size, self.horizontal_flip, self.random_crop = image_size, horizontal_flip, random_crop
-        self.max_words = max_words
+        self.max_words, self.captions_per_image = max_words, captions_per_image
         self._vocabulary = self._load_vocabulary()
         self.collate = CaptionBatcher(self._vocabulary, image_size, max_words)
         self._mirrored = [(self._vocabulary.id(a), self._vocabulary.id(b)) for a, b in MIRRORED_WORDS
@@ -140,11 +151,17 @@ class CaptioningData(ShardedDataModule):
         training = trainer is not None and trainer.training
         if training:
             assert trainer is not None  # training implies a trainer
-            chosen = caption_choice(self.seed, trainer.current_epoch, image_ids, [len(c) for c in caption_lengths])
+            per_image = self.captions_per_image
+            chosen = caption_choice(self.seed, trainer.current_epoch, image_ids, [len(c) for c in caption_lengths],
+                                    per_image)
+            if per_image > 1:  # each image once per caption it trains on
+                images = images.repeat_interleave(per_image, dim=0)
+                caption_lengths = [c for c in caption_lengths for _ in range(per_image)]
+                references = [r for r in references for _ in range(per_image)]
         else:
             chosen = [0] * len(image_ids)
         lengths = [lengths[index] for lengths, index in zip(caption_lengths, chosen)]
-        rows = torch.arange(len(chosen), device=captions.device)
+        rows = torch.arange(len(chosen), device=captions.device) // (self.captions_per_image if training else 1)
         tokens = captions[rows, torch.tensor(chosen, device=captions.device), :max(lengths)]
         if training:
             if self.random_crop:

@@ -349,6 +349,27 @@ def test_training_draws_one_caption_per_epoch_deterministically(shapes_dataset):
     assert set(caption_choice(5, 0, ids, [5] * 200)) == set(range(5))
 
 
+def test_several_captions_per_image_repeat_the_image_once_per_caption(shapes_dataset):
+    """The study's "5 randomly chosen ground truth image captions" per image: batch 2 trains on 10 captions."""
+    data = CaptioningData(shapes_dataset, batch_size=2, image_size=16, captions_per_image=5, pin_memory=False, seed=5)
+    data.trainer = SimpleNamespace(training=True, current_epoch=0, global_rank=0, world_size=1)
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    images, tokens, lengths, references = data.on_after_batch_transfer(batch, 0)
+    assert images.shape == (10, 3, 16, 16) and tokens.shape[0] == lengths.shape[0] == len(references) == 10
+    for image in range(2):
+        rows = range(5 * image, 5 * image + 5)
+        assert all(torch.equal(images[row], images[5 * image]) for row in rows)
+        decoded = {data.vocabulary.decode(tokens[row].tolist()) for row in rows}
+        own = {" ".join(tokenize(c)) for c in batch[4][image]}
+        assert decoded == own  # five distinct captions, every one the image's own (shapes scenes have 5)
+    ids = list(range(50))
+    drawn = caption_choice(5, 0, ids, [3] * 50, per_image=4)  # fewer captions than asked: all, then repeats
+    assert len(drawn) == 200 and all(set(drawn[4 * i:4 * i + 4]) == {0, 1, 2} for i in range(50))
+    with pytest.raises(StrideError, match="captions_per_image >= 1"):
+        CaptioningData(shapes_dataset, batch_size=2, image_size=16, captions_per_image=0, pin_memory=False)
+
+
 def test_flip_swaps_left_and_right_with_the_image(shapes_dataset):
     data = CaptioningData(shapes_dataset, batch_size=8, image_size=16, horizontal_flip=True, pin_memory=False)
     left, right, red = (data.vocabulary.id(word) for word in ("left", "right", "red"))

@@ -46,6 +46,8 @@ class CaptioningDataOptions(DataConfig):
     augment: CaptionAugment = CaptionAugment()
     image_size: PositiveInt | None = None  # the side of the square images are resized to (None: DEFAULT_IMAGE_SIZE)
     max_words: PositiveInt = 50  # longer captions are cut here, generation stops here
+    # training: each image of a batch trains on this many of its captions, drawn at random (the study: 5)
+    captions_per_image: PositiveInt = 1
 
 
 class CaptioningConfig(StrideConfig):
@@ -72,7 +74,7 @@ class CaptioningTask(Task):
                                               **overrides)
         return CaptioningData(data.path, image_size=data.image_size or DEFAULT_IMAGE_SIZE,
                               horizontal_flip=data.augment.horizontal_flip, random_crop=data.augment.random_crop,
-                              max_words=data.max_words, **kwargs)
+                              max_words=data.max_words, captions_per_image=data.captions_per_image, **kwargs)
 
     def module(self, config: StrideConfig, facts: DataFacts) -> CaptioningModule:
         if len(facts.class_names) != facts.num_classes:
