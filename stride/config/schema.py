@@ -11,9 +11,19 @@ hyper-parameters, checked against the registry (see `stride.architectures`).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 
 class Section(BaseModel):
@@ -68,6 +78,16 @@ class ScheduleConfig(Section):
     warmup_steps: NonNegativeInt = 0
     warmup_milestones: list[NonNegativeInt] = []
     warmup_factor: PositiveFloat = 10.0
+
+    @field_validator("gamma", mode="before")
+    @classmethod
+    def _factors(cls, value: Any) -> Any:
+        """One message for a bad factor, whether given alone or in a list (not one per member of the union)."""
+        for factor in value if isinstance(value, list) else [value]:
+            if isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(factor) \
+                    or factor <= 0:
+                raise ValueError("expected a finite number greater than 0, or a list of them")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:
