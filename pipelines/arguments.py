@@ -63,6 +63,12 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
                         "state; shared by all nodes on a multi-node cluster (default: ./ray_results)")
 
 
+def add_trust_storage_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-storage", action="store_true",
+                        help="with --resume: load the saved state even if it does not match the digests the search "
+                             "recorded in MLflow (Ray unpickles it: only for folders nobody else can write)")
+
+
 def config_from_args(args: argparse.Namespace) -> StrideConfig:
     from stride.config import load_config
 

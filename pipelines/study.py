@@ -6,7 +6,13 @@ import argparse
 import shlex
 import sys
 
-from stride.pipelines.arguments import add_ray_arguments, add_tracking_argument, non_negative_number, positive_int
+from stride.pipelines.arguments import (
+    add_ray_arguments,
+    add_tracking_argument,
+    add_trust_storage_argument,
+    non_negative_number,
+    positive_int,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -26,6 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--name", help="name of this study run in --storage and MLflow (default: STUDY-DATE-TIME)")
     run.add_argument("--resume", metavar="NAME", help="continue the interrupted study run NAME from --storage "
                      "(with the study and --scale it was started with)")
+    add_trust_storage_argument(run)
     run.add_argument("--gpus-per-row", type=non_negative_number, default=0.0, help="GPUs per row's trial")
     run.add_argument("--cpus-per-row", type=non_negative_number, default=1.0, help="CPUs per row's trial")
     add_ray_arguments(run)
@@ -82,7 +89,8 @@ def run_study_command(args: argparse.Namespace) -> int:
             if args.scale not in study.scales:
                 raise StrideError(f"{source}: no scale {args.scale!r} (scales: {', '.join(study.scales)})")
             result, report = resume_study(args.resume, study, args.scale, tracking_uri=args.tracking_uri,
-                                          storage=args.storage, address=args.address)
+                                          storage=args.storage, address=args.address,
+                                          trust_storage=args.trust_storage)
         else:
             scale = study.scales.get(args.scale)
             own_data = any(item.startswith("data.path=") for item in args.overrides)  # nothing to prepare then

@@ -10,6 +10,7 @@ from stride.errors import StrideError
 from stride.pipelines.arguments import (
     add_ray_arguments,
     add_tracking_argument,
+    add_trust_storage_argument,
     non_negative_number,
     positive_int,
     positive_number,
@@ -22,9 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="search spec YAML file (instead of a built-in name)")
     parser.add_argument("--list", action="store_true", help="list the built-in search specs")
     parser.add_argument("--resume", metavar="NAME", help="continue the interrupted search NAME from --storage")
-    parser.add_argument("--trust-storage", action="store_true",
-                        help="with --resume: load the saved state even if it does not match the digests the search "
-                             "recorded in MLflow (Ray unpickles it: only for folders nobody else can write)")
+    add_trust_storage_argument(parser)
     parser.add_argument("--name", help="name of this search in --storage and MLflow (default: SPEC-DATE-TIME)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="overrides for the base training config, e.g. data.path=shards/digits")

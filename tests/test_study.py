@@ -126,3 +126,13 @@ def test_a_study_run_resumes_only_at_the_scale_it_was_started_with(tmp_path):
     with pytest.raises(StrideError, match=r"started as 'study a-table3-cnn-vs-ffn \(smoke\)'; resume it with the "
                                           "same --scale"):
         resume_study("smoke-run", study, "full", storage=str(tmp_path))
+
+
+def test_a_study_resume_takes_the_flag_the_integrity_error_names():
+    """A driver killed before recording its state's digests is refused on resume with a hint to pass
+    --trust-storage; `stride study run` must accept it as `stride tune` does."""
+    from stride.pipelines.cli import build_parser
+
+    for command in (["study", "run", "a-table3-cnn-vs-ffn"], ["tune", "quickstart-search"]):
+        args = build_parser().parse_args([*command, "--resume", "demo", "--trust-storage"])
+        assert args.trust_storage is True and args.resume == "demo"

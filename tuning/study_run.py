@@ -67,14 +67,15 @@ def run_study(plan: StudyPlan, *, tracking_uri: str | None = None, storage: str 
 
 def resume_study(name: str, study: StudySpec, scale: str, *, tracking_uri: str | None = None,
                  storage: str = DEFAULT_STORAGE, address: str | None = None,
-                 verbose: bool = False) -> tuple[SearchResult, StudyReport]:
+                 verbose: bool = False, trust_storage: bool = False) -> tuple[SearchResult, StudyReport]:
     """Continue a study run whose driver stopped: finished rows stay, the rest go on from their checkpoints
     (the search's integrity checks apply); `study` and `scale` come from the user, as they started it."""
     record = read_record(storage_root(storage), name)
     recorded = str(((record or {}).get("search") or {}).get("source", ""))
     if record is not None and not recorded.endswith(f"({scale})"):
         raise StrideError(f"study run {name} was started as {recorded!r}; resume it with the same --scale")
-    result = resume_search(name, storage=storage, address=address, verbose=verbose, tracking_uri=tracking_uri)
+    result = resume_search(name, storage=storage, address=address, verbose=verbose, tracking_uri=tracking_uri,
+                           trust_storage=trust_storage)
     searched = MlflowClient(result.tracking_uri).get_run(result.parent_run_id).data.tags.get(SEARCH_SPEC_TAG)
     if searched not in (None, study.name):
         raise StrideError(f"study run {name} ran study {searched!r}, not {study.name!r}")
