@@ -149,9 +149,9 @@ class CaptioningData(ShardedDataModule):
         images = images.float().div_(255)
         trainer = getattr(self, "trainer", None)
         training = trainer is not None and trainer.training
+        per_image = self.captions_per_image if training else 1  # evaluation: each image once, its first caption
         if training:
             assert trainer is not None  # training implies a trainer
-            per_image = self.captions_per_image
             chosen = caption_choice(self.seed, trainer.current_epoch, image_ids, [len(c) for c in caption_lengths],
                                     per_image)
             if per_image > 1:  # each image once per caption it trains on
@@ -161,7 +161,7 @@ class CaptioningData(ShardedDataModule):
         else:
             chosen = [0] * len(image_ids)
         lengths = [lengths[index] for lengths, index in zip(caption_lengths, chosen)]
-        rows = torch.arange(len(chosen), device=captions.device) // (self.captions_per_image if training else 1)
+        rows = torch.arange(len(chosen), device=captions.device) // per_image
         tokens = captions[rows, torch.tensor(chosen, device=captions.device), :max(lengths)]
         if training:
             if self.random_crop:
